@@ -1,0 +1,1 @@
+"""Built-in recipes: YAML files shipped with the package (``recipe=NAME``)."""

@@ -1,0 +1,50 @@
+"""``key=value`` command-line arguments shared by every entry point."""
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, VaeforgeError
+
+
+def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
+    """Parse ``a.b=value`` arguments; values are read as YAML (``3``, ``true``, ``[1,2]``, ``"Pale Skin"``)."""
+    out: dict[str, Any] = {}
+    for arg in argv:
+        key, sep, raw = arg.partition("=")
+        if not sep or not key or key.startswith("-"):
+            raise ConfigError(f"argument '{arg}' is not of the form key=value")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def take(args: dict[str, Any], valid: dict[str, Any], what: str) -> dict[str, Any]:
+    """Check that ``args`` only has keys of ``valid`` (name -> default) and fill in the defaults."""
+    from .errors import did_you_mean
+
+    for key in args:
+        if key not in valid:
+            raise ConfigError(f"unknown {what} option '{key}' ({did_you_mean(key, valid)})")
+    return {**valid, **args}
+
+
+def user_errors_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run an entry point; a :class:`VaeforgeError` becomes one line on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*a: Any, **kw: Any) -> Any:
+        try:
+            return fn(*a, **kw)
+        except VaeforgeError as exc:
+            print(f"vaeforge: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper

@@ -1,0 +1,31 @@
+"""User-facing errors: one clear line, a non-zero exit, no traceback."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class VaeforgeError(Exception):
+    """An error caused by the user's input (config, data, files); printed as one line."""
+
+
+class ConfigError(VaeforgeError):
+    """Unknown recipe, key or plugin; a value of the wrong type."""
+
+
+class DataError(VaeforgeError):
+    """A corrupt or missing archive, shard, image or label file; the message names the file."""
+
+
+class CheckpointError(VaeforgeError):
+    """A missing, damaged or mismatching checkpoint."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return ``"valid: a, b, c; did you mean 'x'?"`` for an unknown ``name``."""
+    choices = sorted(set(choices))
+    text = "valid: " + (", ".join(choices) if choices else "(none)")
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    if close:
+        text += f"; did you mean '{close[0]}'?"
+    return text
