@@ -1,0 +1,45 @@
+"""The public plugin API. Built-in and third-party plugins import only from here.
+
+A plugin module registers itself with the decorators below, and is made known to vaeforge by an entry point in
+the ``vaeforge.plugins`` group (or listed in a recipe's ``plugins``)::
+
+    @register_backbone("tiny", config=TinyConfig)
+    def build(cfg: TinyConfig, image: ImageSpec, latent_dim: int) -> BackboneParts: ...
+
+    @register_loss("l2", config=L2Config)
+    class L2(LossTerm): ...          # constructed as L2(cfg)
+
+    @register_task("sample", config=SampleConfig)
+    def sample(ctx: TaskContext, cfg: SampleConfig) -> dict: ...   # returns the JSON summary
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .losses import LossTerm, LossValue
+from .metrics import kl_per_dim, psnr
+from .model import BackboneParts, ImageSpec, VAEOutput
+from .registry import REGISTRY
+from .tasks import TaskContext
+
+
+def register_backbone(name: str, config: type | None = None) -> Callable[[Any], Any]:
+    """Register a backbone builder ``(cfg, image: ImageSpec, latent_dim: int) -> BackboneParts``."""
+    return REGISTRY.register("backbone", name, config)
+
+
+def register_loss(name: str, config: type | None = None) -> Callable[[Any], Any]:
+    """Register a :class:`LossTerm` subclass, constructed with its validated config."""
+    return REGISTRY.register("loss", name, config)
+
+
+def register_task(name: str, config: type | None = None) -> Callable[[Any], Any]:
+    """Register a task ``(ctx: TaskContext, cfg) -> dict`` run by ``python -m vaeforge.run task=NAME``."""
+    return REGISTRY.register("task", name, config)
+
+
+__all__ = [
+    "BackboneParts", "ImageSpec", "LossTerm", "LossValue", "TaskContext", "VAEOutput",
+    "kl_per_dim", "psnr", "register_backbone", "register_loss", "register_task",
+]

@@ -1,0 +1,153 @@
+"""Find recipes, apply overrides, validate against the schema, and explain every mistake in one line."""
+from __future__ import annotations
+
+from dataclasses import is_dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..errors import ConfigError, did_you_mean
+from .schema import RunConfig
+
+RECIPE_SUFFIX = ".yaml"
+
+
+def recipe_dirs() -> list[Path]:
+    """Where recipes are looked up, first match wins: ./recipes, then the recipes shipped with vaeforge."""
+    shipped = Path(str(resources.files("vaeforge.recipes")))
+    return [Path.cwd() / "recipes", shipped]
+
+
+def available_recipes() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for folder in reversed(recipe_dirs()):
+        for path in sorted(folder.glob(f"*{RECIPE_SUFFIX}")):
+            found[path.stem] = path
+    return found
+
+
+def _recipe_path(name: str) -> Path:
+    if name.endswith(RECIPE_SUFFIX) or "/" in name:
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"recipe file '{name}' not found")
+        return path
+    recipes = available_recipes()
+    if name not in recipes:
+        raise ConfigError(f"unknown recipe '{name}' ({did_you_mean(name, recipes)})")
+    return recipes[name]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of keys to values")
+    return data
+
+
+def load_recipe(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A recipe as plain data; ``base: other`` inherits ``other`` and overrides it key by key."""
+    if name in _seen:
+        raise ConfigError(f"recipe '{name}' inherits from itself ({' -> '.join(_seen + (name,))})")
+    data = _read_yaml(_recipe_path(name))
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    merged = OmegaConf.merge(load_recipe(str(base), _seen + (name,)), data)
+    return OmegaConf.to_container(merged)  # type: ignore[return-value]
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def check_keys(schema: DictConfig, dotted_keys: list[str], where: str) -> None:
+    """Fail on any key that the schema does not declare, naming the valid keys at that level."""
+    for dotted in dotted_keys:
+        node: Any = schema
+        parts = dotted.split(".")
+        for depth, part in enumerate(parts):
+            if not isinstance(node, DictConfig):
+                break
+            is_open_dict = OmegaConf.get_type(node) is dict
+            if part not in node.keys():
+                if is_open_dict:
+                    break  # e.g. losses.<term> or plugin args: checked by their own schema later
+                at = ".".join(parts[:depth]) or "top level"
+                raise ConfigError(
+                    f"unknown key '{dotted}' in {where} (at {at}: {did_you_mean(part, node.keys())})"
+                )
+            node = node._get_node(part)
+
+
+def _merge(base: DictConfig, update: dict[str, Any] | DictConfig, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, update)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        msg = str(exc).splitlines()[0]
+        raise ConfigError(f"bad value for '{key}' in {where}: {msg}") from None
+
+
+def _overrides_as_tree(overrides: dict[str, Any]) -> DictConfig:
+    tree = OmegaConf.create()
+    for key, value in overrides.items():
+        OmegaConf.update(tree, key, value, force_add=True)
+    return tree
+
+
+def load_config(args: dict[str, Any], saved: Path | None = None) -> DictConfig:
+    """The run config: schema defaults <- saved config (on resume) <- recipe <- ``key=value`` overrides."""
+    cfg: DictConfig = OmegaConf.structured(RunConfig)
+    if saved is not None:
+        cfg = _merge(cfg, OmegaConf.load(saved), str(saved))
+    recipe = args.get("recipe")
+    if recipe:
+        data = load_recipe(str(recipe))
+        check_keys(cfg, list(_flatten(data)), f"recipe '{recipe}'")
+        cfg = _merge(cfg, data, f"recipe '{recipe}'")
+    elif saved is None:
+        raise ConfigError(f"no recipe given: pass recipe=NAME ({did_you_mean('', available_recipes())})")
+    check_keys(cfg, list(args), "overrides")
+    cfg = _merge(cfg, _overrides_as_tree(args), "overrides")
+    for term, spec in cfg.losses.items():
+        if spec.name == "???":
+            raise ConfigError(f"loss term '{term}' has no name: set losses.{term}.name")
+    if not cfg.run_dir:
+        cfg.run_dir = str(Path("runs") / Path(str(cfg.recipe)).stem)
+    return cfg
+
+
+def validate_plugin_args(config_cls: type | None, args: Any, where: str) -> Any:
+    """Plugin arguments checked against the plugin's own config dataclass; returns an instance of it."""
+    args = OmegaConf.to_container(args) if isinstance(args, DictConfig) else dict(args or {})
+    if config_cls is None:
+        if args:
+            raise ConfigError(f"{where} takes no arguments, got: {', '.join(sorted(args))}")
+        return None
+    assert is_dataclass(config_cls)
+    schema = OmegaConf.structured(config_cls)
+    check_keys(schema, list(_flatten(args)), where)
+    return OmegaConf.to_object(_merge(schema, args, where))
+
+
+def save_config(cfg: DictConfig, path: Path) -> None:
+    """Write the resolved config (what actually ran) next to the run's checkpoints."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    tmp.replace(path)

@@ -1,0 +1,82 @@
+"""The typed schema of a training recipe. Every key a recipe or an override may set is declared here."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class PluginSpec:
+    """A plugin by name, with the arguments its own config dataclass validates."""
+
+    name: str = MISSING
+    args: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LossSpec:
+    """One loss term: a loss plugin, its weight in the total, and its arguments."""
+
+    name: str = MISSING
+    weight: float = 1.0
+    args: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    shards: str = "data/lfw64"  # folder written by `vaeforge prepare` (holds manifest.json)
+    batch_size: int = 64  # per process; the global batch is batch_size x processes x grad_accum
+    num_workers: int = 1  # loader worker processes per rank
+    shuffle_buffer: int = 2000  # samples held for shuffling in each worker
+    val_batch_size: int = 128
+    val_max_batches: int = 0  # 0: the whole val split
+
+
+@dataclass
+class ModelConfig:
+    latent_dim: int = 128
+    backbone: PluginSpec = field(default_factory=PluginSpec)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: str = "cosine"  # constant | cosine | linear (after warm-up)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # final lr / lr for cosine and linear
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 10_000  # optimizer steps
+    max_time: Optional[float] = None  # seconds of training; stops with a checkpoint
+    grad_accum: int = 1
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    ema_decay: float = 0.999  # 0 disables the EMA of weights
+    seed: int = 0
+    log_every: int = 25
+    val_every: int = 500
+    image_every: int = 500  # reconstruction and sample grids in TensorBoard; 0 disables
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    max_nonfinite: int = 20  # consecutive skipped (non-finite) updates before the run stops
+    progress: bool = True  # tqdm bar on rank 0
+    audit_samples: bool = False  # write the keys of every training sample each rank saw to run_dir/audit/
+
+
+@dataclass
+class RunConfig:
+    recipe: str = ""
+    run_dir: str = ""  # default: runs/<recipe>
+    resume: bool = False
+    plugins: List[str] = field(default_factory=list)  # extra modules to import for their plugins
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    losses: Dict[str, LossSpec] = field(default_factory=dict)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)

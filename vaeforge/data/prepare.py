@@ -1,0 +1,301 @@
+"""LFW -> WebDataset shards + ``manifest.json``, split by identity, built atomically and idempotently.
+
+Output (read by the streaming loader): ``train-000000.tar``..., ``val-000000.tar``... with samples
+``<key>.png`` (cropped, resized RGB) and ``<key>.json`` ({identity, file, labels}), and ``manifest.json``.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import random
+import shutil
+import urllib.parse
+from collections import defaultdict
+from datetime import datetime, timezone
+from numbers import Real
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+from tqdm import tqdm
+
+from ..errors import ConfigError, DataError
+from .download import checksum_mismatch, fetch, file_digest, parse_checksum
+from .images import crop_resize, decode_image
+from .lfw import LFW_IMAGE_SIZE, Labels, LfwImage, folder_digest, read_attributes, read_emotions, read_gender, read_images
+
+OFFICIAL_URL = "http://vis-www.cs.umass.edu/lfw/lfw-deepfunneled.tgz"
+OFFICIAL_CHECKSUM = "md5:68331da3eb755a505a502b5aacb3c201"
+MANIFEST = "manifest.json"
+FORMAT = 1
+DOWNLOAD_DIR = "download"
+SPLITS = ("train", "val")
+LABEL_FILES = ("attributes", "emotions", "gender_male", "gender_female")
+
+
+def prepare(
+    source: str | Path,
+    out: str | Path,
+    image_size: int = 64,
+    crop: tuple[int, int, int, int] = (50, 50, 200, 200),
+    val_fraction: float = 0.05,
+    attributes: str | Path | None = None,
+    emotions: str | Path | None = None,
+    gender_male: str | Path | None = None,
+    gender_female: str | Path | None = None,
+    checksum: str | None = None,
+    train_shards: int = 16,
+    val_shards: int = 4,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Prepare LFW from a URL, a .tgz or a folder into ``out``; return the manifest.
+
+    ``out`` is replaced only once the new output is complete; an ``out`` already built from the same
+    source bytes, label files and settings is left as it is ("up to date").
+    """
+    args = dict(locals())  # every argument; normalised, they are the manifest's "config"
+    out = Path(args.pop("out")).absolute()
+    config = _config(args)
+    _check_replaceable(out)
+    path = _local_source(config, out)
+    source_info = {
+        "path_or_url": config["source"],
+        "sha256": folder_digest(path) if path.is_dir() else file_digest(path, "sha256"),
+        "labels_sha256": {name: _label_digest(Path(config[name])) for name in LABEL_FILES if config[name]},
+    }
+    existing = _read_manifest(out)
+    if existing is not None and _is_up_to_date(existing, out, config, source_info):
+        print(f"{out}: up to date (same source, labels and settings)")
+        return existing
+    labels = _read_labels(config)
+    splits = split_by_identity(read_images(path), config["val_fraction"], seed)
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        manifest = _build(staging, splits, labels, config, source_info)
+    except BaseException:
+        shutil.rmtree(staging)
+        raise
+    _install(staging, out)
+    return manifest
+
+
+def _config(args: dict[str, Any]) -> dict[str, Any]:
+    """Validate the arguments (ConfigError) and normalise them into the JSON recorded in the manifest."""
+    source = str(args["source"])
+    source = source if _is_url(source) else str(Path(source).absolute())
+    checksum = args["checksum"]
+    if checksum is None and source == OFFICIAL_URL:
+        checksum = OFFICIAL_CHECKSUM
+    if checksum is not None:
+        parse_checksum(str(checksum))
+    return {
+        "source": source,
+        "image_size": _int("image_size", args["image_size"], 1),
+        "crop": _crop(args["crop"]),
+        "val_fraction": _fraction(args["val_fraction"]),
+        **{name: None if args[name] is None else str(Path(args[name]).absolute()) for name in LABEL_FILES},
+        "checksum": None if checksum is None else str(checksum),
+        "train_shards": _int("train_shards", args["train_shards"], 1),
+        "val_shards": _int("val_shards", args["val_shards"], 1),
+        "seed": _int("seed", args["seed"], 0),
+    }
+
+
+def _int(name: str, value: Any, minimum: int) -> int:
+    """``value`` if it is an int >= ``minimum``, else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _crop(crop: Any) -> list[int]:
+    """A crop box (left, top, right, bottom) of integers inside the 250x250 LFW images."""
+    box = list(crop) if isinstance(crop, (list, tuple)) else None
+    if (box is None or len(box) != 4 or any(isinstance(v, bool) or not isinstance(v, int) for v in box)
+            or not 0 <= box[0] < box[2] <= LFW_IMAGE_SIZE or not 0 <= box[1] < box[3] <= LFW_IMAGE_SIZE):
+        raise ConfigError(f"crop must be [left, top, right, bottom] inside the {LFW_IMAGE_SIZE}x{LFW_IMAGE_SIZE} "
+                          f"LFW images with left < right and top < bottom, got {crop!r}")
+    return box
+
+
+def _fraction(value: Any) -> float:
+    """A validation fraction in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value < 1:
+        raise ConfigError(f"val_fraction must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _is_url(source: str) -> bool:
+    """True for http(s) URLs: those are downloaded."""
+    return source.startswith(("http://", "https://"))
+
+
+def _local_source(config: dict[str, Any], out: Path) -> Path:
+    """The .tgz or folder to read: a URL is downloaded into ``out/download/``; a local .tgz is verified."""
+    source, checksum = config["source"], config["checksum"]
+    if _is_url(source):
+        name = urllib.parse.urlsplit(source).path.rsplit("/", 1)[-1] or "lfw.tgz"
+        return fetch(source, out / DOWNLOAD_DIR / name, checksum)
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"source {path}: no such file or folder")
+    if checksum is not None:
+        if path.is_dir():
+            raise ConfigError("checksum applies to an archive or URL source, not to a folder")
+        problem = checksum_mismatch(path, checksum)
+        if problem:
+            raise DataError(f"checksum mismatch for {path}: {problem}")
+    return path
+
+
+def _label_digest(path: Path) -> str:
+    """sha256 of a label file; a missing one is a DataError naming it."""
+    if not path.is_file():
+        raise DataError(f"label file {path}: no such file")
+    return file_digest(path, "sha256")
+
+
+def _read_labels(config: dict[str, Any]) -> Labels:
+    """Merge the configured label files into one label table."""
+    labels = Labels()
+    for name, reader in (("attributes", read_attributes), ("emotions", read_emotions)):
+        if config[name]:
+            labels = labels.merge(reader(Path(config[name])))
+    if config["gender_male"] or config["gender_female"]:
+        paths = [Path(config[name]) if config[name] else None for name in ("gender_male", "gender_female")]
+        labels = labels.merge(read_gender(*paths))
+    return labels
+
+
+def split_by_identity(images: list[LfwImage], val_fraction: float, seed: int) -> dict[str, list[LfwImage]]:
+    """Deterministic identity-disjoint split; train is shuffled so every shard mixes identities.
+
+    Identities are ordered by a hash of seed and name and taken into val until it holds at least
+    ``val_fraction`` of the images.
+    """
+    counts: dict[str, int] = defaultdict(int)
+    for image in images:
+        counts[image.identity] += 1
+    order = sorted(counts, key=lambda name: hashlib.sha256(f"{seed}:{name}".encode()).hexdigest())
+    val_ids: set[str] = set()
+    val_count = 0
+    for name in order:
+        if val_count >= val_fraction * len(images):
+            break
+        val_ids.add(name)
+        val_count += counts[name]
+    train = [image for image in images if image.identity not in val_ids]
+    random.Random(seed).shuffle(train)
+    return {"train": train, "val": [image for image in images if image.identity in val_ids]}
+
+
+def shard_sizes(count: int, shards: int) -> list[int]:
+    """Split ``count`` samples into ``min(shards, count)`` shards whose sizes differ by at most one."""
+    shards = min(shards, count)
+    return [count // shards + (index < count % shards) for index in range(shards)]
+
+
+def _build(folder: Path, splits: dict[str, list[LfwImage]], labels: Labels, config: dict[str, Any],
+           source_info: dict[str, Any]) -> dict[str, Any]:
+    """Write every shard and then ``manifest.json`` (last: its presence marks a complete output)."""
+    total = sum(map(len, splits.values()))
+    with tqdm(total=total, unit="img", desc="prepare lfw") as bar:
+        split_info = {split: _write_split(folder, split, splits[split], labels, config, bar) for split in SPLITS}
+    manifest = {
+        "format": FORMAT,
+        "dataset": "lfw",
+        "image_size": config["image_size"],
+        "crop": config["crop"],
+        "channels": 3,
+        "splits": split_info,
+        "label_columns": _label_columns(labels, [image for images in splits.values() for image in images]),
+        "source": source_info,
+        "config": config,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "vaeforge_version": _version(),
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def _write_split(folder: Path, split: str, images: list[LfwImage], labels: Labels, config: dict[str, Any],
+                 bar: tqdm) -> dict[str, Any]:
+    """Write one split's shards; return its manifest entry (count, identities, shards with sha256)."""
+    shards, start = [], 0
+    for index, size in enumerate(shard_sizes(len(images), config[f"{split}_shards"])):
+        name = f"{split}-{index:06d}.tar"
+        with open(folder / name, "wb") as stream, wds.TarWriter(stream, mtime=0) as writer:
+            for image in images[start:start + size]:
+                writer.write(_sample(image, labels, config))
+                bar.update()
+        shards.append({"name": name, "count": size, "sha256": file_digest(folder / name, "sha256")})
+        start += size
+    return {"count": len(images), "identities": sorted({image.identity for image in images}), "shards": shards}
+
+
+def _sample(image: LfwImage, labels: Labels, config: dict[str, Any]) -> dict[str, Any]:
+    """One WebDataset sample: the cropped, resized image (encoded as PNG by the writer) and its metadata."""
+    pixels = crop_resize(decode_image(image.data, image.where), tuple(config["crop"]), config["image_size"])
+    meta = {"identity": image.identity, "file": image.file, "labels": labels.values.get(image.file, {})}
+    return {"__key__": image.key, "png": pixels, "json": meta}
+
+
+def _label_columns(labels: Labels, images: list[LfwImage]) -> dict[str, dict[str, Any]]:
+    """Per column: kind, how many output images have it and, for binary columns, how many are 1."""
+    rows = [labels.values[image.file] for image in images if image.file in labels.values]
+    columns = {}
+    for column, kind in labels.kinds.items():
+        values = [row[column] for row in rows if column in row]
+        columns[column] = {"kind": kind, "count": len(values)}
+        if kind == "binary":
+            columns[column]["positives"] = int(sum(values))
+    return columns
+
+
+def _version() -> str:
+    """The installed vaeforge version."""
+    try:
+        return importlib.metadata.version("vaeforge")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _read_manifest(out: Path) -> dict[str, Any] | None:
+    """The manifest of an existing output, or None if there is none or it is unreadable."""
+    try:
+        return json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_up_to_date(manifest: dict[str, Any], out: Path, config: dict[str, Any], source_info: dict[str, Any]) -> bool:
+    """Same settings, same source and label bytes, and every shard still present."""
+    if manifest.get("config") != config or manifest.get("source") != source_info:
+        return False
+    return all((out / shard["name"]).is_file() for split in manifest["splits"].values() for shard in split["shards"])
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse to replace an ``out`` that is not ours: a file, or a folder with other content than a past output."""
+    if out.is_file():
+        raise DataError(f"out {out} is a file, expected a folder")
+    if out.is_dir() and not (out / MANIFEST).exists() and any(p.name != DOWNLOAD_DIR for p in out.iterdir()):
+        raise DataError(f"out {out} exists and is not a prepared dataset (no {MANIFEST}); refusing to replace it")
+
+
+def _install(staging: Path, out: Path) -> None:
+    """Move the complete output into place, keeping an earlier ``out/download/``."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    old = out.parent / f".{out.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(out, old)
+    os.replace(staging, out)
+    if (old / DOWNLOAD_DIR).exists():
+        os.replace(old / DOWNLOAD_DIR, out / DOWNLOAD_DIR)
+    shutil.rmtree(old)

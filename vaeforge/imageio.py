@@ -1,0 +1,70 @@
+"""Images between files and tensors: task inputs (files, folders, the val split) and PNG outputs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+from .data.images import crop_resize, load_image
+from .errors import DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+LFW_SOURCE_SIZE = 250  # the crop box of an LFW manifest is in pixels of the 250x250 originals
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL RGB image -> float ``[C, H, W]`` in [0, 1]."""
+    return torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1).float() / 255.0
+
+
+def fit_to_model(img: Image.Image, image_size: int, crop: list[int], source_size: int = LFW_SOURCE_SIZE
+                 ) -> Image.Image:
+    """Images at the model's size are used as they are; larger ones get the dataset's crop (scaled to the
+    image's size) and resize; smaller ones are an error."""
+    w, h = img.size
+    if (w, h) == (image_size, image_size):
+        return img.convert("RGB")
+    if min(w, h) < image_size:
+        raise DataError(f"image of {w}x{h} is smaller than the model's {image_size}x{image_size}")
+    box = (crop[0] * w / source_size, crop[1] * h / source_size, crop[2] * w / source_size, crop[3] * h / source_size)
+    return crop_resize(img, tuple(round(v) for v in box), image_size)
+
+
+def image_files(spec: str | list[str]) -> list[Path]:
+    """Image paths from a file, a folder (its images, sorted) or a list of either; none found is an error."""
+    items = spec if isinstance(spec, list) else [spec]
+    files: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.exists():
+            files.append(item)
+        else:
+            raise DataError(f"input '{item}' does not exist")
+    if not files:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in input {spec}")
+    return files
+
+
+def load_inputs(spec: str | list[str], image_size: int, crop: list[int]) -> list[tuple[str, torch.Tensor]]:
+    """Named input images as float tensors at the model's size."""
+    return [(p.name, to_tensor(fit_to_model(load_image(p), image_size, crop))) for p in image_files(spec)]
+
+
+def save_png(image: torch.Tensor, path: Path) -> None:
+    """Save a float image ``[C, H, W]`` in [0, 1] as an 8-bit PNG."""
+    array = (image.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def save_grid(rows: list[list[torch.Tensor]] | torch.Tensor, path: Path, nrow: int | None = None) -> None:
+    """Save images as one grid PNG: a list of equal-length rows, or a batch with ``nrow`` images a row."""
+    if isinstance(rows, torch.Tensor):
+        batch, per_row = rows, nrow or 8
+    else:
+        batch, per_row = torch.stack([im for row in rows for im in row]), len(rows[0])
+    save_png(make_grid(batch.float().clamp(0, 1), nrow=per_row, padding=2, pad_value=1.0), path)

@@ -1,0 +1,84 @@
+"""The VAE: encoder backbone -> posterior head (mu, logvar) -> reparameterised z -> decoder backbone."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config.loader import validate_plugin_args
+from .registry import REGISTRY
+
+LOGVAR_RANGE = (-30.0, 20.0)  # keeps exp(logvar) finite in fp16/bf16
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """The shape of the images a backbone is built for."""
+
+    size: int
+    channels: int = 3
+
+
+@dataclass
+class BackboneParts:
+    """What a backbone plugin builds: ``encoder`` maps images in [-1, 1] to ``[B, feature_dim]`` features;
+    ``decoder`` maps latents ``[B, latent_dim]`` to image logits ``[B, C, H, W]`` (sigmoid gives [0, 1])."""
+
+    encoder: nn.Module
+    decoder: nn.Module
+    feature_dim: int
+
+
+@dataclass
+class VAEOutput:
+    """One forward pass: decoder logits, posterior parameters and the latent that was decoded."""
+
+    logits: torch.Tensor
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    z: torch.Tensor
+
+    @property
+    def recon(self) -> torch.Tensor:
+        """Reconstruction in [0, 1]."""
+        return torch.sigmoid(self.logits)
+
+
+class VAE(nn.Module):
+    """A Gaussian-posterior VAE around any backbone; images in and out are in [0, 1]."""
+
+    def __init__(self, parts: BackboneParts, latent_dim: int, image: ImageSpec) -> None:
+        super().__init__()
+        self.encoder = parts.encoder
+        self.decoder = parts.decoder
+        self.posterior = nn.Linear(parts.feature_dim, 2 * latent_dim)
+        self.latent_dim = latent_dim
+        self.image = image
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior ``(mu, logvar)`` of images ``x`` in [0, 1]."""
+        mu, logvar = self.posterior(self.encoder(x * 2.0 - 1.0)).chunk(2, dim=1)
+        return mu, logvar.clamp(*LOGVAR_RANGE)
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] for latents ``z``."""
+        return torch.sigmoid(self.decoder(z))
+
+    def forward(self, x: torch.Tensor, sample: bool = True) -> VAEOutput:
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
+        return VAEOutput(self.decode_logits(z), mu, logvar, z)
+
+
+def build_model(model_cfg, image: ImageSpec) -> VAE:
+    """Build the VAE of a run config's ``model`` section through the backbone registry."""
+    plugin = REGISTRY.get("backbone", model_cfg.backbone.name)
+    args = validate_plugin_args(plugin.config, model_cfg.backbone.args, f"backbone '{plugin.name}'")
+    parts = plugin.target(args, image, int(model_cfg.latent_dim))
+    if not isinstance(parts, BackboneParts):
+        raise TypeError(f"backbone '{plugin.name}' ({plugin.origin}) must return BackboneParts")
+    return VAE(parts, int(model_cfg.latent_dim), image)

@@ -1,0 +1,41 @@
+"""``python -m vaeforge.train recipe=NAME [key=value ...]`` (also under ``accelerate launch -m``)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..cli_args import parse_overrides, user_errors_exit
+from ..config import load_config
+from ..registry import REGISTRY
+from ..rundir import CONFIG_FILE, TB_DIR
+from .engine import Trainer
+
+
+def resolve_config(argv: list[str]):
+    """The run config from the command line; on ``resume=true`` the run's saved config is the base."""
+    args = parse_overrides(argv)
+    saved = None
+    if args.get("resume") and args.get("run_dir"):
+        candidate = Path(str(args["run_dir"])) / CONFIG_FILE
+        saved = candidate if candidate.is_file() else None
+    cfg = load_config(args, saved=saved)
+    REGISTRY.import_modules(list(cfg.plugins))
+    return cfg
+
+
+@user_errors_exit
+def main(argv: list[str] | None = None) -> None:
+    cfg = resolve_config(sys.argv[1:] if argv is None else argv)
+    trainer = Trainer(cfg)
+    try:
+        state = trainer.fit()
+        trainer.monitor.write(
+            f"done: step {state.step}, run folder {cfg.run_dir}\n"
+            f"  TensorBoard: tensorboard --logdir {Path(cfg.run_dir) / TB_DIR} --host 127.0.0.1"
+        )
+    finally:
+        trainer.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Atomic, resumable checkpoints: weights in safetensors, the rest in files that load with ``weights_only``.
+
+A checkpoint is a folder ``run_dir/checkpoints/step_NNNNNNNN``. It is written under a ``.tmp`` name by all
+ranks (each its own RNG state), fsync'ed, then renamed by rank 0: a folder without ``.tmp`` is always complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import CheckpointError
+
+CHECKPOINTS = "checkpoints"
+PREFIX = "step_"
+TMP = ".tmp"
+
+
+@dataclass
+class TrainerState:
+    """Where training stands: optimizer steps, data position and counters."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of this epoch already trained on
+    images_seen: int = 0
+    nonfinite_skipped: int = 0
+    world_size: int = 1
+    architecture: dict[str, list[int]] = field(default_factory=dict)
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and not p.name.endswith(TMP)]
+    return sorted(done, key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = checkpoint_dirs(run_dir)
+    return found[-1] if found else None
+
+
+def architecture(state_dict: dict[str, torch.Tensor]) -> dict[str, list[int]]:
+    """Parameter names and shapes: what a checkpoint must match to be loaded into a model."""
+    return {k: list(v.shape) for k, v in state_dict.items()}
+
+
+def _fsync_write(path: Path, write: Any) -> None:
+    write(path)
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def rng_state() -> dict[str, Any]:
+    """The RNG states of this process, as plain data and tensors (loadable with ``weights_only``)."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(state["python"][:1]) + (tuple(state["python"][1]),) + tuple(state["python"][2:]))
+    np.random.set_state((state["numpy"][0], np.array(state["numpy"][1], dtype=np.uint32), *state["numpy"][2:]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def tmp_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / CHECKPOINTS / f"{PREFIX}{step:08d}{TMP}"
+
+
+def write_rank_state(folder: Path, rank: int) -> None:
+    """Each rank's own part of a checkpoint: its RNG state."""
+    _fsync_write(folder / f"rng_rank{rank}.pt", lambda p: torch.save(rng_state(), p))
+
+
+def write_main_state(
+    folder: Path,
+    weights: dict[str, dict[str, torch.Tensor]],
+    optimizer: dict[str, Any],
+    scheduler: dict[str, Any],
+    state: TrainerState,
+) -> None:
+    """Rank 0's part: weights (``model``, ``ema``, ``losses``) as safetensors, optimizer, scheduler, state."""
+    for name, tensors in weights.items():
+        if tensors:
+            _fsync_write(folder / f"{name}.safetensors", lambda p, t=tensors: save_file(_tensors(t), str(p)))
+    _fsync_write(folder / "optimizer.pt", lambda p: torch.save(optimizer, p))
+    _fsync_write(folder / "scheduler.pt", lambda p: torch.save(scheduler, p))
+    _fsync_write(folder / "state.json", lambda p: p.write_text(json.dumps(asdict(state), indent=1)))
+
+
+def publish(folder: Path, keep: int) -> Path:
+    """Rename a fully written ``.tmp`` folder into place, then drop all but the newest ``keep`` checkpoints."""
+    final = folder.with_name(folder.name[: -len(TMP)])
+    if final.exists():
+        shutil.rmtree(final)
+    folder.rename(final)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    for old in checkpoint_dirs(final.parent.parent)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def remove_partial(run_dir: Path) -> None:
+    """Delete checkpoint folders left half-written by a killed run."""
+    for p in (run_dir / CHECKPOINTS).glob(f"{PREFIX}*{TMP}"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file; a damaged file is a clear error naming it."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint file {path} is damaged or unreadable ({exc})") from None
+
+
+def load_pickle_free(path: Path) -> Any:
+    """Load a ``torch.save`` file with ``weights_only=True``: tensors and plain data only, never code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint file {path} is damaged or not a plain-data file ({exc})") from None
+
+
+def read_state(folder: Path) -> TrainerState:
+    try:
+        return TrainerState(**json.loads((folder / "state.json").read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {folder}: state.json is damaged ({exc})") from None
+
+
+def check_architecture(expected: dict[str, list[int]], found: dict[str, torch.Tensor], where: Path) -> None:
+    """Fail with the first differences when a checkpoint was made by another architecture."""
+    got = architecture(found)
+    if got == expected:
+        return
+    missing = sorted(set(expected) - set(got))[:3]
+    extra = sorted(set(got) - set(expected))[:3]
+    shapes = [f"{k}: {got[k]} vs {expected[k]}" for k in sorted(set(got) & set(expected)) if got[k] != expected[k]]
+    parts = [f"missing {missing}" if missing else "", f"unexpected {extra}" if extra else "",
+             f"shape {shapes[:3]}" if shapes else ""]
+    raise CheckpointError(
+        f"checkpoint {where} was made for another architecture ({'; '.join(p for p in parts if p)})"
+    )
