@@ -1,2 +1,22 @@
-"""vaeforge: train variational autoencoders on face images, from a laptop CPU to a SLURM cluster."""
+"""vaeforge: train variational autoencoders on face images, from a laptop CPU to a SLURM cluster.
+
+``vaeforge.load(run_dir)`` gives a trained model for Python use; the plugin API is :mod:`vaeforge.api`.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .inference import LoadedVAE
+
+
+def load(run_dir: Any, checkpoint: str | None = None, weights: str = "ema", device: str = "cpu") -> "LoadedVAE":
+    """A trained VAE from a run folder (EMA weights when present, eval mode); see :func:`vaeforge.inference.load`."""
+    from .inference import load as _load
+
+    return _load(run_dir, checkpoint, weights, device)
+
+
+__all__ = ["__version__", "load"]

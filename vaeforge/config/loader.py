@@ -110,6 +110,17 @@ def _overrides_as_tree(overrides: dict[str, Any]) -> DictConfig:
     return tree
 
 
+def _drop_args_of_replaced_plugins(cfg: DictConfig, overrides: dict[str, Any]) -> None:
+    """``model.backbone.name=other`` (or ``losses.T.name=other``) starts from empty args: the recipe's args
+    were written for the plugin being replaced."""
+    for key, value in overrides.items():
+        if not key.endswith(".name"):
+            continue
+        spec = OmegaConf.select(cfg, key[: -len(".name")])
+        if isinstance(spec, DictConfig) and "args" in spec and spec.get("name") not in (None, value):
+            spec.args = {}
+
+
 def load_config(args: dict[str, Any], saved: Path | None = None) -> DictConfig:
     """The run config: schema defaults <- saved config (on resume) <- recipe <- ``key=value`` overrides."""
     cfg: DictConfig = OmegaConf.structured(RunConfig)
@@ -123,6 +134,7 @@ def load_config(args: dict[str, Any], saved: Path | None = None) -> DictConfig:
     elif saved is None:
         raise ConfigError(f"no recipe given: pass recipe=NAME ({did_you_mean('', available_recipes())})")
     check_keys(cfg, list(args), "overrides")
+    _drop_args_of_replaced_plugins(cfg, args)
     cfg = _merge(cfg, _overrides_as_tree(args), "overrides")
     for term, spec in cfg.losses.items():
         if spec.name == "???":

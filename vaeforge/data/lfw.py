@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import math
 import re
 import sys
@@ -53,7 +54,7 @@ def read_images(source: Path) -> list[LfwImage]:
     if not images:
         raise DataError(f"{source}: no LFW images (<Name>/<Name>_NNNN.jpg) found")
     images.sort(key=lambda image: image.file)
-    for first, second in zip(images, images[1:]):
+    for first, second in itertools.pairwise(images):
         if first.file == second.file:
             raise DataError(f"{source}: image {first.file} appears twice ({first.where}, {second.where})")
     return images
@@ -161,7 +162,7 @@ def read_attributes(path: Path) -> Labels:
             raise _bad_line(path, lineno, "data before the '#<TAB>person<TAB>imagenum<TAB>...' header")
         else:
             file, values = _parse_attribute_row(path, lineno, fields, len(columns))
-            _add_row(labels, path, lineno, file, dict(zip(columns, values)))
+            _add_row(labels, path, lineno, file, dict(zip(columns, values, strict=True)))
     if columns is None:
         raise DataError(f"{path}: no '#<TAB>person<TAB>imagenum<TAB>...' header line (not an lfw_attributes.txt)")
     return labels
@@ -213,7 +214,7 @@ def read_gender(male: Path | None, female: Path | None) -> Labels:
 
     An image in both lists (the real lists have two) gets no gender label rather than a guessed one.
     """
-    lists = {value: set(_read_name_list(path)) if path is not None else set() for value, path in ((1, male), (0, female))}
+    lists = {value: set(_read_name_list(path) if path is not None else []) for value, path in ((1, male), (0, female))}
     both = lists[1] & lists[0]
     if both:
         print(f"vaeforge: warning: {len(both)} image(s) in both gender lists ({male}, {female}) left without a "

@@ -24,7 +24,16 @@ from tqdm import tqdm
 from ..errors import ConfigError, DataError
 from .download import checksum_mismatch, fetch, file_digest, parse_checksum
 from .images import crop_resize, decode_image
-from .lfw import LFW_IMAGE_SIZE, Labels, LfwImage, folder_digest, read_attributes, read_emotions, read_gender, read_images
+from .lfw import (
+    LFW_IMAGE_SIZE,
+    Labels,
+    LfwImage,
+    folder_digest,
+    read_attributes,
+    read_emotions,
+    read_gender,
+    read_images,
+)
 
 OFFICIAL_URL = "http://vis-www.cs.umass.edu/lfw/lfw-deepfunneled.tgz"
 OFFICIAL_CHECKSUM = "md5:68331da3eb755a505a502b5aacb3c201"
@@ -70,7 +79,7 @@ def prepare(
         print(f"{out}: up to date (same source, labels and settings)")
         return existing
     labels = _read_labels(config)
-    splits = split_by_identity(read_images(path), config["val_fraction"], seed)
+    splits = split_by_identity(read_images(path), config["val_fraction"], config["seed"])
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -265,11 +274,13 @@ def _version() -> str:
 
 
 def _read_manifest(out: Path) -> dict[str, Any] | None:
-    """The manifest of an existing output, or None if there is none or it is unreadable."""
+    """The manifest of an earlier prepare into ``out``, or None (none, unreadable, or not one of ours)."""
     try:
-        return json.loads((out / MANIFEST).read_text())
+        manifest = json.loads((out / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
+    ours = isinstance(manifest, dict) and manifest.get("format") == FORMAT and "splits" in manifest
+    return manifest if ours else None
 
 
 def _is_up_to_date(manifest: dict[str, Any], out: Path, config: dict[str, Any], source_info: dict[str, Any]) -> bool:
@@ -283,8 +294,9 @@ def _check_replaceable(out: Path) -> None:
     """Refuse to replace an ``out`` that is not ours: a file, or a folder with other content than a past output."""
     if out.is_file():
         raise DataError(f"out {out} is a file, expected a folder")
-    if out.is_dir() and not (out / MANIFEST).exists() and any(p.name != DOWNLOAD_DIR for p in out.iterdir()):
-        raise DataError(f"out {out} exists and is not a prepared dataset (no {MANIFEST}); refusing to replace it")
+    if out.is_dir() and _read_manifest(out) is None and any(p.name != DOWNLOAD_DIR for p in out.iterdir()):
+        raise DataError(f"out {out} exists and is not a prepared dataset (no vaeforge {MANIFEST}); "
+                        "refusing to replace it")
 
 
 def _install(staging: Path, out: Path) -> None:

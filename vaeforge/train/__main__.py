@@ -5,10 +5,9 @@ import sys
 from pathlib import Path
 
 from ..cli_args import parse_overrides, user_errors_exit
-from ..config import load_config
+from ..config import load_config, validate_plugin_args
 from ..registry import REGISTRY
 from ..rundir import CONFIG_FILE, TB_DIR
-from .engine import Trainer
 
 
 def resolve_config(argv: list[str]):
@@ -20,12 +19,24 @@ def resolve_config(argv: list[str]):
         saved = candidate if candidate.is_file() else None
     cfg = load_config(args, saved=saved)
     REGISTRY.import_modules(list(cfg.plugins))
+    check_plugins(cfg)
     return cfg
+
+
+def check_plugins(cfg) -> None:
+    """Fail early, before any data is touched, on an unknown plugin or plugin argument."""
+    backbone = REGISTRY.get("backbone", cfg.model.backbone.name)
+    validate_plugin_args(backbone.config, cfg.model.backbone.args, f"backbone '{backbone.name}'")
+    for term, spec in cfg.losses.items():
+        loss = REGISTRY.get("loss", spec.name)
+        validate_plugin_args(loss.config, spec.args, f"loss '{term}' ({spec.name})")
 
 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
     cfg = resolve_config(sys.argv[1:] if argv is None else argv)
+    from .engine import Trainer  # heavy imports only once the config is known to be valid
+
     trainer = Trainer(cfg)
     try:
         state = trainer.fit()

@@ -1,0 +1,169 @@
+"""Shared fixtures: the real LFW data beside the repo, a prepared 64x64 copy, small archives, a local HTTP server."""
+from __future__ import annotations
+
+import http.server
+import io
+import os
+import tarfile
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from vaeforge.data.prepare import prepare
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEVTRAIN_TGZ = "lfw-deepfunneled-devtrain.tgz"
+SMALL_IMAGES = 40  # the first images of the real archive, for fast small-archive tests
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The shared real-data folder (``../shared`` or ``$VAEFORGE_SHARED``); its absence is a failure, not a skip."""
+    path = Path(os.environ.get("VAEFORGE_SHARED", REPO_ROOT.parent / "shared"))
+    if not (path / "data" / "lfw" / DEVTRAIN_TGZ).is_file():
+        pytest.fail(f"real LFW data not found under {path} (set VAEFORGE_SHARED to the shared folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def labels_dir(shared_dir: Path) -> Path:
+    """The folder with the LFW archive and the label files (attributes, emotions, gender lists)."""
+    return shared_dir / "data" / "lfw"
+
+
+@pytest.fixture(scope="session")
+def lfw_tgz(labels_dir: Path) -> Path:
+    """The real View 1 devtrain archive: 9,525 images of 4,038 people, official layout."""
+    return labels_dir / DEVTRAIN_TGZ
+
+
+@pytest.fixture(scope="session")
+def lfw64(lfw_tgz: Path, labels_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real devtrain archive prepared once at 64x64 with every label file; returns the output folder."""
+    out = tmp_path_factory.mktemp("lfw64") / "shards"
+    prepare(
+        lfw_tgz,
+        out,
+        image_size=64,
+        attributes=labels_dir / "lfw_attributes.txt",
+        emotions=labels_dir / "lfw_emotions.csv",
+        gender_male=labels_dir / "lfw_gender_male.txt",
+        gender_female=labels_dir / "lfw_gender_female.txt",
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def lfw_members(lfw_tgz: Path) -> list[tuple[str, bytes]]:
+    """(member name, JPEG bytes) of the first SMALL_IMAGES images of the real archive."""
+    members = []
+    with tarfile.open(lfw_tgz, "r|gz") as tar:
+        for member in tar:
+            if member.isfile():
+                members.append((member.name, tar.extractfile(member).read()))  # type: ignore[union-attr]
+            if len(members) == SMALL_IMAGES:
+                break
+    return members
+
+
+@pytest.fixture(scope="session")
+def make_tgz() -> Callable[[Path, list[tuple[str, bytes]]], Path]:
+    """A factory writing (member name, bytes) pairs into a gzipped tar at a path."""
+
+    def write(path: Path, members: list[tuple[str, bytes]]) -> Path:
+        with tarfile.open(path, "w:gz") as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return path
+
+    return write
+
+
+@dataclass
+class LocalServer:
+    """A running local server: its base URL and the (path, Range header) of every request it got."""
+
+    url: str
+    requests: list[tuple[str, str | None]] = field(default_factory=list)
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    """Serves ``root``; may ignore Range headers or cut the first response after ``drop_after`` bytes."""
+
+    daemon_threads = True
+
+    def __init__(self, root: Path, drop_after: int | None, ignore_range: bool) -> None:
+        super().__init__(("127.0.0.1", 0), _RangeHandler)
+        self.root, self.drop_after, self.ignore_range = root, drop_after, ignore_range
+        self.log = LocalServer(f"http://127.0.0.1:{self.server_address[1]}")
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    """GET of a file under the server root, with ``Range: bytes=N-`` answered by 206 Partial Content."""
+
+    server: _Server
+
+    def do_GET(self) -> None:
+        """Answer 200/206 with the file's bytes (maybe cut short), 404 or 416."""
+        log = self.server.log
+        log.requests.append((self.path, self.headers.get("Range")))
+        relative = Path(urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/"))
+        file = self.server.root / relative
+        if ".." in relative.parts or not file.is_file():
+            self.send_error(404)
+            return
+        size = file.stat().st_size
+        start = self._range_start()
+        if start >= size and start > 0:
+            self.send_error(416)
+            return
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+        self.send_header("Content-Length", str(size - start))
+        self.end_headers()
+        limit = self.server.drop_after if len(log.requests) == 1 else None
+        self._send(file, start, size - start if limit is None else min(limit, size - start))
+
+    def _range_start(self) -> int:
+        """The first byte asked for by a ``bytes=N-`` Range header (0 if none, or if ranges are ignored)."""
+        header = self.headers.get("Range")
+        if self.server.ignore_range or not header or not header.startswith("bytes="):
+            return 0
+        return int(header[len("bytes="):].split("-", 1)[0])
+
+    def _send(self, file: Path, start: int, count: int) -> None:
+        """Write ``count`` bytes of ``file`` from ``start``; a cut response then closes the connection."""
+        with open(file, "rb") as f:
+            f.seek(start)
+            while count > 0:
+                chunk = f.read(min(count, 1 << 16))
+                self.wfile.write(chunk)
+                count -= len(chunk)
+        self.close_connection = True
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Keep test output quiet."""
+
+
+@pytest.fixture(scope="session")
+def http_server() -> Iterator[Callable[..., LocalServer]]:
+    """A factory: ``http_server(root, drop_after=None, ignore_range=False)`` serves ``root`` on 127.0.0.1."""
+    servers: list[_Server] = []
+
+    def start(root: Path, drop_after: int | None = None, ignore_range: bool = False) -> LocalServer:
+        server = _Server(Path(root), drop_after, ignore_range)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        return server.log
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

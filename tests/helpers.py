@@ -1,0 +1,69 @@
+"""Running vaeforge's entry points as a user would: real subprocesses, real launchers."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+PY = sys.executable
+BIN = Path(PY).parent
+
+# A small model on the real data: fast on 2 CPU cores, same code paths as the real recipes.
+TINY_RUN = [
+    "recipe=lfw_unet", "model.latent_dim=16",
+    "data.batch_size=16", "data.num_workers=0", "data.val_max_batches=2", "data.val_batch_size=32",
+    "trainer.log_every=5", "trainer.val_every=20", "trainer.image_every=20", "trainer.checkpoint_every=10",
+    "trainer.progress=false",
+]
+TINY = [*TINY_RUN, "model.backbone.args.widths=[8,16,32]"]
+
+
+def env(**extra: str) -> dict[str, str]:
+    base = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return {**base, **extra}
+
+
+def run(args: list[str], timeout: float = 600, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run a command, capture its output; on an unexpected exit status show what it printed."""
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=kw.pop("env", env()), **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def train(*overrides: str, **kw) -> subprocess.CompletedProcess:
+    return run([PY, "-m", "vaeforge.train", *overrides], **kw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(nproc: int, module: str, *args: str, **kw) -> subprocess.CompletedProcess:
+    """``accelerate launch`` with ``nproc`` CPU processes over gloo, rendezvous on 127.0.0.1."""
+    cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
+           "--main_process_port", str(free_port()), "-m", module, *args]
+    return run(cmd, **kw)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process ended early with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    os.killpg(proc.pid, sig)
+    proc.wait(timeout=60)

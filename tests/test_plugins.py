@@ -1,0 +1,82 @@
+"""Plugins come from entry points (built-in and third-party alike) or from modules a recipe names."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import BIN, PY, TINY, TINY_RUN, env, run
+
+FIXTURE = Path(__file__).parent / "fixtures" / "tinyplugin"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_plugins_lists_builtins_with_kind_and_origin():
+    out = run([str(BIN / "vaeforge"), "plugins"]).stdout
+    rows = {tuple(line.split()[:2]) for line in out.splitlines()}
+    assert {("backbone", "unet"), ("backbone", "mlp"), ("loss", "kl"), ("loss", "recon"),
+            ("task", "reconstruct"), ("task", "sample")} <= rows
+    assert "vaeforge 0.1.0 (vaeforge_plugins.backbones.unet)" in out
+
+
+@pytest.fixture(scope="module")
+def third_party(tmp_path_factory) -> Path:
+    """The fixture plugin package pip-installed (its own pyproject) into a folder put on PYTHONPATH."""
+    target = tmp_path_factory.mktemp("site")
+    build = tmp_path_factory.mktemp("build")
+    run([PY, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--target", str(target), str(FIXTURE)],
+        cwd=build)
+    return target
+
+
+def test_third_party_plugin_is_listed_and_trains(third_party, lfw64, tmp_path):
+    plugin_env = env(PYTHONPATH=str(third_party))
+    out = run([str(BIN / "vaeforge"), "plugins"], env=plugin_env).stdout
+    assert "tinyconv" in out and "vaeforge-tinyplugin 0.0.1" in out
+    run_dir = tmp_path / "run"
+    run([PY, "-m", "vaeforge.train", *TINY_RUN, f"data.shards={lfw64}", f"run_dir={run_dir}",
+         "model.backbone.name=tinyconv", "model.backbone.args={width: 4}", "trainer.max_steps=5"], env=plugin_env)
+    assert (run_dir / "checkpoints" / "step_00000005" / "model.safetensors").is_file()
+
+
+def test_recipe_plugins_list_imports_user_module(lfw64, tmp_path):
+    (tmp_path / "my_losses.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from vaeforge.api import LossTerm, LossValue, register_loss\n"
+        "@dataclass\nclass Cfg:\n    scale: float = 1.0\n"
+        "@register_loss('latent_l2', config=Cfg)\n"
+        "class LatentL2(LossTerm):\n"
+        "    def __init__(self, cfg):\n        super().__init__(); self.cfg = cfg\n"
+        "    def forward(self, out, target, step):\n"
+        "        return LossValue(self.cfg.scale * out.z.square().mean(), {'z2': out.z.square().mean()})\n"
+    )
+    run_dir = tmp_path / "run"
+    run([PY, "-m", "vaeforge.train", *TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", "plugins=[my_losses]",
+         "losses.reg.name=latent_l2", "losses.reg.weight=0.1", "trainer.max_steps=5"],
+        env=env(PYTHONPATH=str(tmp_path)))
+    assert "latent_l2" in (run_dir / "config.yaml").read_text()
+
+
+def test_non_editable_install_imports_engine_and_plugins(tmp_path):
+    """A plain `pip install .` (here into a target folder) carries the engine, the plugins and the recipes."""
+    target = tmp_path / "site"
+    run([PY, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--target", str(target), str(REPO)],
+        cwd=tmp_path)
+    code = (
+        "import json, vaeforge, vaeforge_plugins\n"
+        "from vaeforge.registry import REGISTRY\n"
+        "from vaeforge.config import available_recipes\n"
+        "print(json.dumps({'vaeforge': vaeforge.__file__, 'plugins': vaeforge_plugins.__file__,\n"
+        "  'backbones': REGISTRY.names('backbone'), 'recipes': sorted(available_recipes())}))\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # -S keeps the editable install of the checkout off sys.path: only the target folder provides vaeforge.
+    site_pkgs = next(p for p in sys.path if p.endswith("site-packages"))
+    out = run([PY, "-S", "-c", f"import sys; sys.path[:0] = [{str(target)!r}, {site_pkgs!r}]\n" + code],
+              cwd=tmp_path, env=clean).stdout
+    info = json.loads(out)
+    assert info["vaeforge"].startswith(str(target)) and info["plugins"].startswith(str(target))
+    assert {"mlp", "unet"} <= set(info["backbones"]) and {"lfw_unet", "lfw_mlp"} <= set(info["recipes"])
