@@ -88,10 +88,15 @@ class ShardStream(IterableDataset):
 
 
 def train_loader(spec: StreamSpec, num_workers: int) -> DataLoader:
-    """A DataLoader over one rank's epoch; batches come out in a fixed order (round-robin over workers)."""
+    """A DataLoader over one rank's epoch; batches come out in a fixed order (round-robin over workers).
+
+    It gets its own generator: drawing worker seeds from the global RNG would make a resumed run's random
+    stream differ from an uninterrupted one.
+    """
+    generator = torch.Generator().manual_seed(hash((spec.seed, spec.epoch, spec.rank)) & 0x7FFFFFFF)
     return DataLoader(
         ShardStream(spec), batch_size=None, num_workers=num_workers, persistent_workers=False,
-        prefetch_factor=4 if num_workers else None,
+        prefetch_factor=4 if num_workers else None, generator=generator,
     )
 
 
