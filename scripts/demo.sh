@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The main job, from nothing: set up, prepare LFW, train lfw_unet, run the tasks, say where to look.
+#   LFW=<url | lfw-deepfunneled.tgz | extracted folder>   default: the official download (needs internet)
+#   LFW_LABELS=<folder with lfw_attributes.txt, lfw_emotions.csv, lfw_gender_*.txt>   default: next to a local LFW
+#   TRAIN_TIME=<seconds>   stop training after this long (default: the recipe's max_steps); rerun to continue
+#   RECIPE=lfw_unet  DATA=data/lfw64  RUN=runs/<recipe>
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LFW=${LFW:-http://vis-www.cs.umass.edu/lfw/lfw-deepfunneled.tgz}
+RECIPE=${RECIPE:-lfw_unet}
+DATA=${DATA:-data/lfw64}
+RUN=${RUN:-runs/$RECIPE}
+if [ -z "${LFW_LABELS:-}" ] && [ -e "$LFW" ] && ls "$(dirname "$LFW")"/lfw_*.{txt,csv} >/dev/null 2>&1; then
+  LFW_LABELS=$(dirname "$LFW")
+fi
+
+bash scripts/setup.sh
+PY=.venv/bin/python
+$PY -m vaeforge.prepare dataset=lfw source="$LFW" out="$DATA" ${LFW_LABELS:+labels="$LFW_LABELS"}
+$PY -m vaeforge.train recipe="$RECIPE" data.shards="$DATA" run_dir="$RUN" resume=true \
+  ${TRAIN_TIME:+trainer.max_time=$TRAIN_TIME}
+$PY -m vaeforge.run task=reconstruct run_dir="$RUN" input=val limit=32
+$PY -m vaeforge.run task=sample run_dir="$RUN" n=64
+
+cat <<MSG
+
+Done. Look at:
+  run folder:      $RUN   (config.yaml, run.json, checkpoints/)
+  reconstructions: $RUN/tasks/reconstruct/grid.png
+  samples:         $RUN/tasks/sample/grid.png
+  TensorBoard:     .venv/bin/tensorboard --logdir $RUN/tb --host 127.0.0.1
+  from Python:     model = vaeforge.load("$RUN")
+MSG
