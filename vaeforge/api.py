@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .errors import ConfigError, DataError
 from .losses import LossTerm, LossValue
 from .metrics import kl_per_dim, psnr
 from .model import BackboneParts, ImageSpec, VAEOutput
@@ -40,6 +41,6 @@ def register_task(name: str, config: type | None = None) -> Callable[[Any], Any]
 
 
 __all__ = [
-    "BackboneParts", "ImageSpec", "LossTerm", "LossValue", "TaskContext", "VAEOutput",
+    "BackboneParts", "ConfigError", "DataError", "ImageSpec", "LossTerm", "LossValue", "TaskContext", "VAEOutput",
     "kl_per_dim", "psnr", "register_backbone", "register_loss", "register_task",
 ]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from vaeforge.api import BackboneParts, ImageSpec, register_backbone
+from vaeforge.api import ConfigError, BackboneParts, ImageSpec, register_backbone
 
 
 @dataclass
@@ -50,7 +50,7 @@ def build(cfg: UNetConfig, image: ImageSpec, latent_dim: int) -> BackboneParts:
     widths, n, g = cfg.widths, cfg.blocks_per_stage, cfg.groups
     bottom = image.size // 2 ** len(widths)
     if bottom < 1 or image.size % 2 ** len(widths):
-        raise ValueError(f"unet: image size {image.size} is not divisible by 2**{len(widths)} (one per width)")
+        raise ConfigError(f"unet: image size {image.size} is not divisible by 2**{len(widths)} (one per width)")
     enc: list[nn.Module] = [nn.Conv2d(image.channels, widths[0], 3, padding=1)]
     c = widths[0]
     for w in widths:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vaeforge.api import LossTerm, LossValue, VAEOutput, register_loss
+from vaeforge.api import ConfigError, LossTerm, LossValue, VAEOutput, register_loss
 
 KINDS = ("mse", "l1", "bce")
 REDUCTIONS = ("sum", "mean")
@@ -28,7 +28,7 @@ class Recon(LossTerm):
     def __init__(self, cfg: ReconConfig) -> None:
         super().__init__()
         if cfg.kind not in KINDS or cfg.reduction not in REDUCTIONS:
-            raise ValueError(f"recon: kind must be one of {KINDS} and reduction one of {REDUCTIONS}")
+            raise ConfigError(f"recon: kind must be one of {KINDS} and reduction one of {REDUCTIONS}")
         self.cfg = cfg
 
     def forward(self, out: VAEOutput, target: torch.Tensor, step: int) -> LossValue:

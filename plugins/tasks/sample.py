@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vaeforge.api import TaskContext, register_task
+from vaeforge.api import ConfigError, TaskContext, register_task
 
 
 @dataclass
@@ -17,7 +17,7 @@ class SampleConfig:
 @register_task("sample", config=SampleConfig)
 def sample(ctx: TaskContext, cfg: SampleConfig) -> dict:
     if cfg.n < 1:
-        raise ValueError("sample: n must be at least 1")
+        raise ConfigError("sample: n must be at least 1")
     images = ctx.model.sample(cfg.n, cfg.temperature, generator=ctx.generator()).cpu()
     ctx.save_grid("grid.png", images, nrow=cfg.grid_columns)
     if cfg.save_each:
