@@ -6,6 +6,8 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
+from ..data.corrupt import CorruptionConfig
+
 
 @dataclass
 class PluginSpec:
@@ -32,6 +34,7 @@ class DataConfig:
     shuffle_buffer: int = 2000  # samples held for shuffling in each worker
     val_batch_size: int = 128
     val_max_batches: int = 0  # 0: the whole val split
+    corruption: CorruptionConfig = field(default_factory=CorruptionConfig)  # denoising: corrupt inputs only
 
 
 @dataclass

@@ -24,6 +24,8 @@ from torch import nn
 
 from .. import __version__
 from ..config import save_config
+from ..data.corrupt import check as check_corruption
+from ..data.corrupt import corrupt
 from ..data.loader import StreamSpec, eval_batches, train_loader
 from ..data.manifest import read_manifest, shard_paths
 from ..errors import ConfigError, VaeforgeError
@@ -46,9 +48,11 @@ class TrainModule(nn.Module):
         self.vae = vae
         self.losses = losses
 
-    def forward(self, x: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+    def forward(self, x: torch.Tensor, target: torch.Tensor, step: int
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+        """Encode ``x`` (possibly corrupted), score the output against the clean ``target``."""
         out = self.vae(x)
-        total, logs = self.losses(out, x, step)
+        total, logs = self.losses(out, target, step)
         return total, logs, out
 
 
@@ -83,6 +87,7 @@ class Trainer:
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.run_dir = Path(cfg.run_dir)
         self.main = self.acc.is_main_process
+        check_corruption(cfg.data.corruption)
         self._lock_run_dir()
         self._refuse_overwrite()
         self.manifest = read_manifest(cfg.data.shards)
@@ -252,9 +257,9 @@ class Trainer:
                                                    self.rank, self.world)):
                 if limit and i >= limit:
                     break
-                x = to_float(batch["image"].to(self.acc.device))
+                x, x_in = self._inputs(batch["image"], -1 - i)
                 with self.acc.autocast():
-                    out = vae(x)
+                    out = vae(x_in)
                     total, logs = losses(out, x, self.state.step)
                     mean_recon = vae.decode(out.mu)
                 n = x.shape[0]
@@ -296,6 +301,18 @@ class Trainer:
         spec = StreamSpec(tuple(self.train_shards), d.batch_size, self.batches_per_epoch, self.rank, self.world,
                           self.cfg.trainer.seed, epoch, d.shuffle_buffer)
         return train_loader(spec, d.num_workers)
+
+    def _inputs(self, images: torch.Tensor, salt: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean targets and model inputs (corrupted for denoising, with noise that depends only on seed,
+        rank and ``salt``, so a resumed run sees the same corruptions)."""
+        clean = to_float(images)
+        spec = self.cfg.data.corruption
+        noisy = clean
+        if spec.kind != "none":
+            gen = torch.Generator().manual_seed(hash((self.cfg.trainer.seed, self.rank, salt)) & 0x7FFFFFFF)
+            noisy = corrupt(clean, spec, gen)
+        device = self.acc.device
+        return clean.to(device, non_blocking=True), noisy.to(device, non_blocking=True)
 
     def _on_sigterm(self, *_: Any) -> None:
         self._stop_requested = True
@@ -340,10 +357,10 @@ class Trainer:
                 batch = next(batches)
                 data_wait += time.monotonic() - tick
                 self._audit(batch["key"])
-                x = to_float(batch["image"].to(self.acc.device, non_blocking=True))
+                x, x_in = self._inputs(batch["image"], s.step)
                 with self.acc.accumulate(self.model):
                     with self.acc.autocast():
-                        total, logs, out = self.model(x, s.step)
+                        total, logs, out = self.model(x_in, x, s.step)
                     self.acc.backward(total)
                     synced = self.acc.sync_gradients
                     if synced:
