@@ -34,6 +34,7 @@ class DataConfig:
     shuffle_buffer: int = 2000  # samples held for shuffling in each worker
     val_batch_size: int = 128
     val_max_batches: int = 0  # 0: the whole val split
+    on_error: str = "raise"  # bad shard or sample: raise (naming it) | skip (count, warn, refill the batch)
     corruption: CorruptionConfig = field(default_factory=CorruptionConfig)  # denoising: corrupt inputs only
 
 

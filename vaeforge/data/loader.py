@@ -3,12 +3,18 @@
 Every rank gets disjoint shards and exactly the same number of batches per epoch (ranks that ran out would
 deadlock DDP), and the sample order is a pure function of (seed, epoch, rank, worker): resuming mid-epoch
 replays the epoch's stream and skips the batches already trained on.
+
+Bad data: with ``on_error="raise"`` a truncated or missing shard, an undecodable image or an image of the wrong
+size stops the run with the shard and sample named; with ``"skip"`` it is skipped, counted (each batch carries
+``skipped``, the errors met since the previous batch of its worker) and warned about, and the batch is filled
+from the following samples, so no rank runs short.
 """
 from __future__ import annotations
 
 import io
 import random
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +23,9 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError, did_you_mean
+
+ON_ERROR = ("raise", "skip")
 
 
 @dataclass(frozen=True)
@@ -32,24 +40,62 @@ class StreamSpec:
     seed: int
     epoch: int
     shuffle_buffer: int
+    image_size: int | None = None  # checked when given
+    on_error: str = "raise"
 
 
-def decode_sample(sample: dict) -> tuple[torch.Tensor, str]:
-    """PNG bytes -> uint8 tensor ``[C, H, W]``; a broken image names its shard and key."""
+def check_on_error(on_error: str) -> None:
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"unknown data.on_error '{on_error}' ({did_you_mean(on_error, ON_ERROR)})")
+
+
+class ErrorPolicy:
+    """Raise bad-data errors with the shard named, or count and warn about them and go on."""
+
+    def __init__(self, on_error: str) -> None:
+        check_on_error(on_error)
+        self.skip = on_error == "skip"
+        self.count = 0
+
+    def __call__(self, exc: Exception) -> bool:
+        """The webdataset handler for shard-level errors (missing, truncated, not a tar)."""
+        url = next((a for a in reversed(exc.args) if isinstance(a, str) and a.endswith(".tar")), None)
+        error = exc if isinstance(exc, DataError) else DataError(f"shard {url or '?'}: {exc.args[0] if exc.args else exc}")
+        if not self.skip:
+            raise error from exc
+        self.count += 1
+        warnings.warn(f"skipped: {error}", stacklevel=2)
+        return True
+
+    def decode(self, samples: Iterable[dict], image_size: int | None) -> Iterator[tuple[torch.Tensor, str]]:
+        for sample in samples:
+            try:
+                yield decode_sample(sample, image_size)
+            except DataError as exc:
+                self(exc)
+
+
+def decode_sample(sample: dict, image_size: int | None = None) -> tuple[torch.Tensor, str]:
+    """PNG bytes -> uint8 tensor ``[C, H, W]``; a broken or wrong-size image names its shard and key."""
+    where = f"shard {sample.get('__url__')}: sample '{sample.get('__key__')}'"
+    if "png" not in sample:
+        raise DataError(f"{where} has no png image (has: {', '.join(k for k in sample if not k.startswith('__'))})")
     try:
         with Image.open(io.BytesIO(sample["png"])) as img:
             array = np.asarray(img.convert("RGB"))
     except Exception as exc:
-        raise DataError(f"shard {sample.get('__url__')}: sample '{sample.get('__key__')}' is unreadable ({exc})")
+        raise DataError(f"{where} is unreadable ({exc})") from None
+    if image_size is not None and array.shape[:2] != (image_size, image_size):
+        raise DataError(f"{where} is {array.shape[1]}x{array.shape[0]}, the dataset's size is {image_size}x{image_size}")
     return torch.from_numpy(array.copy()).permute(2, 0, 1), sample["__key__"]
 
 
-def _raise_with_shard(exc: Exception) -> bool:
-    raise DataError(f"reading shards: {exc}") from exc
+def _read(shards: list[str], policy: ErrorPolicy) -> Iterator[dict]:
+    return wds.tarfile_to_samples(handler=policy)(iter([{"url": u} for u in shards]))
 
 
 class ShardStream(IterableDataset):
-    """Batches ``{"image": uint8 [B, C, H, W], "key": [str]}`` for one rank and epoch; see the module doc."""
+    """Batches ``{"image": uint8 [B, C, H, W], "key": [str], "skipped": int}`` for one rank and epoch."""
 
     def __init__(self, spec: StreamSpec) -> None:
         super().__init__()
@@ -67,12 +113,17 @@ class ShardStream(IterableDataset):
             )
         return mine
 
-    def _samples(self, shards: list[str], rng: random.Random) -> Iterator[dict]:
+    def _samples(self, shards: list[str], rng: random.Random, policy: ErrorPolicy) -> Iterator[dict]:
         """The worker's shards in a new random order on each pass, forever (the quota decides when to stop)."""
         while True:
             order = list(shards)
             rng.shuffle(order)
-            yield from wds.tarfile_to_samples(handler=_raise_with_shard)(iter([{"url": u} for u in order]))
+            produced = False
+            for sample in _read(order, policy):
+                produced = True
+                yield sample
+            if not produced:
+                raise DataError(f"no readable sample in shards {', '.join(order)}")
 
     def __iter__(self) -> Iterator[dict]:
         s = self.spec
@@ -80,11 +131,16 @@ class ShardStream(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         quota = s.batches // workers + (1 if worker < s.batches % workers else 0)
         rng = random.Random(f"{s.seed}/{s.epoch}/{s.rank}/{worker}")
-        stream = wds.shuffle(s.shuffle_buffer, initial=s.shuffle_buffer, rng=rng)(
-            self._samples(self._my_shards(worker, workers), rng)
+        policy = ErrorPolicy(s.on_error)
+        shuffled = wds.shuffle(s.shuffle_buffer, initial=s.shuffle_buffer, rng=rng)(
+            self._samples(self._my_shards(worker, workers), rng, policy)
         )
+        decoded = policy.decode(shuffled, s.image_size)
+        reported = 0
         for _ in range(quota):
-            yield _collate([decode_sample(next(stream)) for _ in range(s.batch_size)])
+            batch = _collate([next(decoded) for _ in range(s.batch_size)])
+            batch["skipped"], reported = policy.count - reported, policy.count
+            yield batch
 
 
 def train_loader(spec: StreamSpec, num_workers: int) -> DataLoader:
@@ -100,13 +156,13 @@ def train_loader(spec: StreamSpec, num_workers: int) -> DataLoader:
     )
 
 
-def eval_batches(shards: list[str], batch_size: int, rank: int, world: int) -> Iterator[dict]:
+def eval_batches(shards: list[str], batch_size: int, rank: int, world: int, image_size: int | None = None,
+                 on_error: str = "raise") -> Iterator[dict]:
     """The split's samples in file order, this rank's shards only (for validation and tasks)."""
-    mine = shards[rank::world]
-    samples = wds.tarfile_to_samples(handler=_raise_with_shard)(iter([{"url": u} for u in mine]))
+    policy = ErrorPolicy(on_error)
     batch: list[tuple[torch.Tensor, str]] = []
-    for sample in samples:
-        batch.append(decode_sample(sample))
+    for item in policy.decode(_read(shards[rank::world], policy), image_size):
+        batch.append(item)
         if len(batch) == batch_size:
             yield _collate(batch)
             batch = []
