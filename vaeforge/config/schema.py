@@ -13,8 +13,8 @@ from ..data.corrupt import CorruptionConfig
 class PluginSpec:
     """A plugin by name, with the arguments its own config dataclass validates."""
 
-    name: str = MISSING
-    args: Dict[str, Any] = field(default_factory=dict)
+    name: str = MISSING  # a registered plugin (`vaeforge plugins`)
+    args: Dict[str, Any] = field(default_factory=dict)  # the plugin's options (see its section)
 
 
 @dataclass
@@ -32,7 +32,7 @@ class DataConfig:
     batch_size: int = 64  # per process; the global batch is batch_size x processes x grad_accum
     num_workers: int = 1  # loader worker processes per rank
     shuffle_buffer: int = 2000  # samples held for shuffling in each worker
-    val_batch_size: int = 128
+    val_batch_size: int = 128  # batch size of validation passes
     val_max_batches: int = 0  # 0: the whole val split
     on_error: str = "raise"  # bad shard or sample: raise (naming it) | skip (count, warn, refill the batch)
     corruption: CorruptionConfig = field(default_factory=CorruptionConfig)  # denoising: corrupt inputs only
@@ -40,17 +40,17 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    latent_dim: int = 128
+    latent_dim: int = 128  # size of the vector latent z
     backbone: PluginSpec = field(default_factory=PluginSpec)
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    lr: float = 1e-3  # peak learning rate (AdamW)
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
     schedule: str = "cosine"  # constant | cosine | linear (after warm-up)
-    warmup_steps: int = 100
+    warmup_steps: int = 100  # linear learning-rate warm-up from 0
     min_lr_ratio: float = 0.1  # final lr / lr for cosine and linear
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
 
@@ -59,15 +59,15 @@ class OptimConfig:
 class TrainerConfig:
     max_steps: int = 10_000  # optimizer steps
     max_time: Optional[float] = None  # seconds of training; stops with a checkpoint
-    grad_accum: int = 1
+    grad_accum: int = 1  # micro-batches per optimizer step
     mixed_precision: str = "no"  # no | bf16 | fp16
     ema_decay: float = 0.999  # 0 disables the EMA of weights
-    seed: int = 0
-    log_every: int = 25
-    val_every: int = 500
+    seed: int = 0  # same seed, same run (weights, data order, noise)
+    log_every: int = 25  # steps between TensorBoard scalar logs
+    val_every: int = 500  # steps between validation passes; 0 disables
     image_every: int = 500  # reconstruction and sample grids in TensorBoard; 0 disables
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
+    checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end); 0: only at the end
+    keep_checkpoints: int = 3  # newest checkpoints kept; older ones are deleted
     max_nonfinite: int = 20  # consecutive skipped (non-finite) updates before the run stops
     progress: bool = True  # tqdm bar on rank 0
     audit_samples: bool = False  # write the keys of every training sample each rank saw to run_dir/audit/
@@ -75,12 +75,12 @@ class TrainerConfig:
 
 @dataclass
 class RunConfig:
-    recipe: str = ""
+    recipe: str = ""  # a recipe name (`vaeforge recipes`) or a path to a YAML file
     run_dir: str = ""  # default: runs/<recipe>
-    resume: bool = False
+    resume: bool = False  # continue from the newest checkpoint in run_dir (starts fresh when there is none)
     plugins: List[str] = field(default_factory=list)  # extra modules to import for their plugins
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    losses: Dict[str, LossSpec] = field(default_factory=dict)
+    losses: Dict[str, LossSpec] = field(default_factory=dict)  # term name -> {name, weight, args}; the total is the weighted sum
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
