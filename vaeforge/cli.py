@@ -13,6 +13,7 @@ verbs:
   train     train a recipe (use `accelerate launch -m vaeforge.train` for several processes)
   run       run a task (reconstruct, sample, ...) on a trained run
   plugins   list every registered plugin with its kind and origin
+  report    write a self-contained HTML page for a run (curves, grids, task results, config)
   recipes   list the available recipes
 """
 
@@ -37,11 +38,11 @@ def list_recipes(argv: list[str]) -> None:
 
 
 def _verbs() -> dict:
-    from . import prepare, run
+    from . import prepare, report, run
     from .train import __main__ as train
 
-    return {"prepare": prepare.main, "train": train.main, "run": run.main, "plugins": list_plugins,
-            "recipes": list_recipes}
+    return {"prepare": prepare.main, "train": train.main, "run": run.main, "report": report.main,
+            "plugins": list_plugins, "recipes": list_recipes}
 
 
 @user_errors_exit

@@ -1,0 +1,137 @@
+"""``vaeforge report run_dir=DIR [output=FILE]``: one self-contained HTML page for a run.
+
+Config, the setup it ran with, metric curves (inline SVG), the latest TensorBoard grids, every task's grid and
+summary numbers, and evaluation metrics; images are embedded, so the file can be mailed or archived alone.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from .cli_args import parse_overrides, take, user_errors_exit
+from .errors import CheckpointError
+from .rundir import CONFIG_FILE, RUN_FILE, TASKS_DIR, TB_DIR
+
+CURVES = ("train/loss", "val/loss", "val/psnr", "train/kl/nats", "train/kl/beta", "train/lr", "train/grad_norm",
+          "train/active_units", "perf/images_per_sec", "perf/data_wait_fraction")
+REPORT = "report.html"
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+h1{margin-bottom:0}.sub{color:#666}section{margin-top:2em}
+.charts{display:flex;flex-wrap:wrap;gap:12px}.chart{border:1px solid #ddd;padding:4px}
+.gallery img{image-rendering:pixelated;max-width:100%;border:1px solid #ddd}
+table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
+pre{background:#f6f6f6;padding:1em;overflow:auto}"""
+# Marks the page as rendered with every image decoded (checked by the report test in headless Chromium).
+ONLOAD = """window.addEventListener('load',()=>{const i=[...document.images];
+document.body.dataset.images=i.length;document.body.dataset.decoded=i.filter(x=>x.naturalWidth>0).length;});"""
+
+
+def _esc(text: Any) -> str:
+    return html.escape(str(text))
+
+
+def png_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def svg_chart(title: str, points: list[tuple[int, float]], width: int = 360, height: int = 200) -> str:
+    """A line chart of (step, value) points as inline SVG, with the value and step ranges written on it."""
+    pad = 34
+    steps, values = [p[0] for p in points], [p[1] for p in points]
+    lo, hi = min(values), max(values)
+    x0, x1 = min(steps), max(steps)
+    sx = lambda s: pad + (width - 2 * pad) * ((s - x0) / (x1 - x0) if x1 > x0 else 0.5)  # noqa: E731
+    sy = lambda v: height - pad - (height - 2 * pad) * ((v - lo) / (hi - lo) if hi > lo else 0.5)  # noqa: E731
+    line = " ".join(f"{sx(s):.1f},{sy(v):.1f}" for s, v in points)
+    return (
+        f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">'
+        f'<title>{_esc(title)}</title><text x="{pad}" y="16" font-size="13">{_esc(title)}</text>'
+        f'<text x="2" y="{pad}" font-size="10">{hi:.4g}</text>'
+        f'<text x="2" y="{height - pad}" font-size="10">{lo:.4g}</text>'
+        f'<text x="{pad}" y="{height - 8}" font-size="10">step {x0}</text>'
+        f'<text x="{width - pad}" y="{height - 8}" font-size="10" text-anchor="end">{x1}</text>'
+        f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{line}"/></svg>'
+    )
+
+
+def _events(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir / TB_DIR), size_guidance={"scalars": 0, "images": 1})
+    acc.Reload()
+    return acc
+
+
+def _curves(acc: EventAccumulator) -> str:
+    tags = set(acc.Tags().get("scalars", []))
+    charts = [svg_chart(tag, [(e.step, e.value) for e in acc.Scalars(tag)]) for tag in CURVES if tag in tags]
+    return "".join(charts) or "<p>No scalars logged yet.</p>"
+
+
+def _tb_images(acc: EventAccumulator) -> str:
+    parts = []
+    for tag in sorted(acc.Tags().get("images", [])):
+        latest = acc.Images(tag)[-1]
+        parts.append(f"<figure><figcaption>{_esc(tag)} (step {latest.step})</figcaption>"
+                     f'<img alt="{_esc(tag)}" src="{png_uri(latest.encoded_image_string)}"></figure>')
+    return "".join(parts) or "<p>No image grids logged yet.</p>"
+
+
+def _numbers(summary: dict[str, Any]) -> str:
+    """The scalar results of a task summary as a table (lists and nested per-image values left out)."""
+    rows = [(k, v) for k, v in summary.items() if isinstance(v, (int, float, str)) and k not in ("output", "run_dir")]
+    return "<table>" + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _tasks(run_dir: Path) -> str:
+    parts = []
+    for folder in sorted((run_dir / TASKS_DIR).glob("*")):
+        summary_file, grid = folder / "summary.json", folder / "grid.png"
+        if not summary_file.is_file():
+            continue
+        summary = json.loads(summary_file.read_text())
+        image = f'<img alt="{_esc(folder.name)} grid" src="{png_uri(grid.read_bytes())}">' if grid.is_file() else ""
+        parts.append(f"<h3>{_esc(folder.name)}</h3>{image}{_numbers(summary)}")
+    return "".join(parts) or "<p>No task has been run on this run yet (python -m vaeforge.run task=...).</p>"
+
+
+def render(run_dir: Path) -> str:
+    """The report page of a run folder."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{run_dir} is not a vaeforge run folder (no {CONFIG_FILE})")
+    setup = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).is_file() else {}
+    acc = _events(run_dir)
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>vaeforge run {_esc(run_dir.name)}</title>"
+        f"<style>{STYLE}</style><script>{ONLOAD}</script></head><body>"
+        f"<h1>{_esc(run_dir.name)}</h1><p class='sub'>{_esc(run_dir.resolve())}</p>"
+        f"<section><h2>Setup</h2>{_numbers({k: v for k, v in setup.items() if not isinstance(v, dict)})}</section>"
+        f"<section><h2>Metrics</h2><div class='charts'>{_curves(acc)}</div></section>"
+        f"<section class='gallery'><h2>Training grids</h2>{_tb_images(acc)}</section>"
+        f"<section class='gallery'><h2>Tasks</h2>{_tasks(run_dir)}</section>"
+        f"<section><h2>Config</h2><pre>{_esc((run_dir / CONFIG_FILE).read_text())}</pre></section>"
+        "</body></html>"
+    )
+
+
+def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
+    run_dir = Path(run_dir)
+    path = Path(output) if output else run_dir / REPORT
+    path.write_text(render(run_dir))
+    return path
+
+
+@user_errors_exit
+def main(argv: list[str] | None = None) -> None:
+    args = take(parse_overrides(sys.argv[1:] if argv is None else argv), {"run_dir": None, "output": None}, "report")
+    if not args["run_dir"]:
+        raise CheckpointError("pass run_dir=<a training run folder>")
+    print(f"report: {write_report(args['run_dir'], args['output'])}")
+
+
+if __name__ == "__main__":
+    main()
