@@ -33,7 +33,8 @@ def test_saved_config_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize("args, expected", [
-    ({"recipe": "lfw_unte"}, "unknown recipe 'lfw_unte' (valid: lfw_mlp, lfw_unet; did you mean 'lfw_unet'?)"),
+    ({"recipe": "lfw_unte"}, "unknown recipe 'lfw_unte' (valid: lfw_denoise, lfw_mlp, lfw_resnet"),
+    ({"recipe": "lfw_unte"}, "; did you mean 'lfw_unet'?)"),
     ({"recipe": "lfw_unet", "trainer.max_stepz": 3}, "did you mean 'max_steps'?"),
     ({"recipe": "lfw_unet", "trainr.max_steps": 3}, "did you mean 'trainer'?"),
     ({"recipe": "lfw_unet", "trainer.max_steps": "abc"}, "bad value for 'trainer.max_steps'"),
@@ -47,7 +48,7 @@ def test_config_errors(args, expected):
 
 @pytest.mark.parametrize("override, expected", [
     ("recipe=lfw_unte", "did you mean 'lfw_unet'?"),
-    ("model.backbone.name=unett", "unknown backbone plugin 'unett' (valid: mlp, unet"),
+    ("model.backbone.name=unett", "unknown backbone plugin 'unett' (valid: mlp, resnet, unet; did you mean 'unet'?)"),
     ("losses.kl.name=kll", "unknown loss plugin 'kll'"),
     ("model.backbone.args.widthz=[1]", "did you mean 'widths'?"),
     ("losses.kl.args.beta=abc", "bad value for 'beta'"),

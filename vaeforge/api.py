@@ -17,12 +17,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .errors import ConfigError, DataError
+from .attributes import AttributeClassifier, AttributeVector, has_attribute
+from .data.corrupt import corrupt
+from .data.corrupt import describe as describe_corruption
+from .data.corrupt import parse_spec as parse_corruption
+from .errors import CheckpointError, ConfigError, DataError, did_you_mean
 from .losses import LossTerm, LossValue
-from .metrics import kl_per_dim, psnr
+from .metrics import active_units, frechet_distance, kl_per_dim, psnr, ssim
 from .model import BackboneParts, ImageSpec, VAEOutput
+from .perceptual import LPIPS, find_lpips_weights
 from .registry import REGISTRY
-from .tasks import TaskContext
+from .tasks import TRAIN, VAL, TaskContext
 
 
 def register_backbone(name: str, config: type | None = None) -> Callable[[Any], Any]:
@@ -41,6 +46,8 @@ def register_task(name: str, config: type | None = None) -> Callable[[Any], Any]
 
 
 __all__ = [
-    "BackboneParts", "ConfigError", "DataError", "ImageSpec", "LossTerm", "LossValue", "TaskContext", "VAEOutput",
-    "kl_per_dim", "psnr", "register_backbone", "register_loss", "register_task",
+    "AttributeClassifier", "AttributeVector", "CheckpointError", "TRAIN", "VAL", "active_units", "corrupt",
+    "describe_corruption", "did_you_mean", "frechet_distance", "has_attribute", "parse_corruption", "ssim",
+    "BackboneParts", "ConfigError", "DataError", "ImageSpec", "LPIPS", "LossTerm", "LossValue", "TaskContext",
+    "VAEOutput", "find_lpips_weights", "kl_per_dim", "psnr", "register_backbone", "register_loss", "register_task",
 ]

@@ -12,6 +12,7 @@ verbs:
   prepare   LFW archive or folder -> WebDataset shards + manifest.json
   train     train a recipe (use `accelerate launch -m vaeforge.train` for several processes)
   run       run a task (reconstruct, sample, ...) on a trained run
+  submit    train on a SLURM cluster (slurm=PROFILE; requeues itself on preemption; --dry-run)
   plugins   list every registered plugin with its kind and origin
   report    write a self-contained HTML page for a run (curves, grids, task results, config)
   recipes   list the available recipes
@@ -38,11 +39,11 @@ def list_recipes(argv: list[str]) -> None:
 
 
 def _verbs() -> dict:
-    from . import prepare, report, run
+    from . import prepare, report, run, submit
     from .train import __main__ as train
 
     return {"prepare": prepare.main, "train": train.main, "run": run.main, "report": report.main,
-            "plugins": list_plugins, "recipes": list_recipes}
+            "submit": submit.main, "plugins": list_plugins, "recipes": list_recipes}
 
 
 @user_errors_exit

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 from .data.images import crop_resize, load_image
@@ -13,6 +13,8 @@ from .errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 LFW_SOURCE_SIZE = 250  # the crop box of an LFW manifest is in pixels of the 250x250 originals
+PADDING = 2  # pixels between grid cells
+CAPTION_HEIGHT = 14  # pixels of the caption strip above a labelled grid
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
@@ -54,17 +56,35 @@ def load_inputs(spec: str | list[str], image_size: int, crop: list[int]) -> list
     return [(p.name, to_tensor(fit_to_model(load_image(p), image_size, crop))) for p in image_files(spec)]
 
 
-def save_png(image: torch.Tensor, path: Path) -> None:
-    """Save a float image ``[C, H, W]`` in [0, 1] as an 8-bit PNG."""
-    array = (image.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """Float image ``[C, H, W]`` in [0, 1] -> 8-bit RGB PIL image."""
+    return Image.fromarray(image.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
+
+
+def save_png(image: torch.Tensor | Image.Image, path: Path) -> None:
+    """Save a float image ``[C, H, W]`` in [0, 1] (or a PIL image) as an 8-bit PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+    (image if isinstance(image, Image.Image) else to_pil(image)).save(path)
 
 
-def save_grid(rows: list[list[torch.Tensor]] | torch.Tensor, path: Path, nrow: int | None = None) -> None:
-    """Save images as one grid PNG: a list of equal-length rows, or a batch with ``nrow`` images a row."""
+def with_captions(grid: Image.Image, captions: list[str], cell: int) -> Image.Image:
+    """The grid with a white strip above it holding one caption centred over each column of ``cell`` pixels."""
+    out = Image.new("RGB", (grid.width, grid.height + CAPTION_HEIGHT), "white")
+    out.paste(grid, (0, CAPTION_HEIGHT))
+    draw, font = ImageDraw.Draw(out), ImageFont.load_default(size=CAPTION_HEIGHT - 4)
+    for i, text in enumerate(captions):
+        centre = PADDING + i * (cell + PADDING) + cell / 2
+        draw.text((centre, CAPTION_HEIGHT / 2 + 1), text, fill="black", font=font, anchor="mm")
+    return out
+
+
+def save_grid(rows: list[list[torch.Tensor]] | torch.Tensor, path: Path, nrow: int | None = None,
+              columns: list[str] | None = None) -> None:
+    """Save images as one grid PNG: a list of equal-length rows, or a batch with ``nrow`` images a row;
+    ``columns`` captions the columns (one text per column)."""
     if isinstance(rows, torch.Tensor):
         batch, per_row = rows, nrow or 8
     else:
         batch, per_row = torch.stack([im for row in rows for im in row]), len(rows[0])
-    save_png(make_grid(batch.float().clamp(0, 1), nrow=per_row, padding=2, pad_value=1.0), path)
+    grid = to_pil(make_grid(batch.float().clamp(0, 1), nrow=per_row, padding=PADDING, pad_value=1.0))
+    save_png(with_captions(grid, columns, batch.shape[-1]) if columns else grid, path)

@@ -8,12 +8,40 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError, did_you_mean
 from .model import VAE, ImageSpec, build_model
 from .registry import REGISTRY
 from .rundir import CONFIG_FILE, MANIFEST_COPY
 from .train import checkpoint as ckpt
 
+MODES = ("linear", "slerp")
+WEIGHTS = ("ema", "model")  # EMA weights (when the checkpoint has them) or the raw trained ones
+CHUNK = 64  # images per forward pass: bounds memory on large inputs (the whole val split, long interpolations)
+
+
+def interpolation_weights(steps: int) -> torch.Tensor:
+    """``steps + 1`` positions ``t`` from 0 to 1 (exactly 0 and 1 at the ends)."""
+    if steps < 1:
+        raise ConfigError(f"steps must be at least 1, got {steps}")
+    return torch.linspace(0.0, 1.0, steps + 1)
+
+
+def interpolate_latents(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor, mode: str = "linear") -> torch.Tensor:
+    """Latents between ``a`` and ``b`` ``[B, D]`` at positions ``t`` ``[T]`` -> ``[B, T, D]``; ``t=0`` gives
+    ``a`` and ``t=1`` gives ``b`` exactly. ``slerp`` follows the arc between them, which keeps intermediate
+    latents near the radius where a Gaussian prior's mass is instead of cutting through the low-norm middle."""
+    if mode not in MODES:
+        raise ConfigError(f"unknown interpolation mode '{mode}' ({did_you_mean(mode, MODES)})")
+    a, b, t = a.unsqueeze(1), b.unsqueeze(1), t.to(a).view(1, -1, 1)
+    if mode == "linear":
+        return (1 - t) * a + t * b
+    omega = torch.arccos(torch.cosine_similarity(a, b, dim=-1).unsqueeze(-1).clamp(-1, 1))
+    sin = torch.sin(omega)
+    parallel = sin.abs() < 1e-6  # (anti)parallel latents: the great circle is undefined, fall back to a line
+    safe = torch.where(parallel, torch.ones_like(sin), sin)
+    wa = torch.where(parallel, 1 - t, torch.sin((1 - t) * omega) / safe)
+    wb = torch.where(parallel, t, torch.sin(t * omega) / safe)
+    return wa * a + wb * b
 
 
 class LoadedVAE:
@@ -40,11 +68,13 @@ class LoadedVAE:
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior ``(mean, logvar)``, each ``[B, latent_dim]``."""
-        return self.vae.encode(x.to(self.device))
+        parts = [self.vae.encode(chunk.to(self.device)) for chunk in x.split(CHUNK)]
+        return torch.cat([mu for mu, _ in parts]), torch.cat([logvar for _, logvar in parts])
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(z.to(self.device))
+        """Images in [0, 1] for latents ``z`` ``[B, latent_dim]``."""
+        return torch.cat([self.vae.decode(chunk.to(self.device)) for chunk in z.split(CHUNK)])
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
@@ -61,6 +91,36 @@ class LoadedVAE:
         """``n`` faces decoded from z ~ N(0, temperature^2 I)."""
         z = torch.randn(n, self.latent_dim, generator=generator) * temperature
         return self.decode(z)
+
+    @torch.no_grad()
+    def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int = 8, mode: str = "linear") -> torch.Tensor:
+        """Decoded path between the posterior means of ``a`` and ``b`` (``[B, 3, H, W]`` each) ->
+        ``[B, steps + 1, 3, H, W]``; the first and last images are the reconstructions of ``a`` and ``b``."""
+        z = interpolate_latents(self.encode(a)[0], self.encode(b)[0], interpolation_weights(steps), mode)
+        return self.decode(z.flatten(0, 1)).unflatten(0, z.shape[:2])
+
+    @torch.no_grad()
+    def mix(self, x: torch.Tensor, weights: list[float] | torch.Tensor) -> torch.Tensor:
+        """One face ``[1, 3, H, W]`` decoded from the weighted mean of the posterior means of ``x`` (one weight
+        per image; weights are normalised to sum to 1)."""
+        w = torch.as_tensor(weights, dtype=torch.float32).flatten()
+        if w.numel() != x.shape[0] or (w < 0).any() or float(w.sum()) <= 0:
+            raise ConfigError(f"mix needs one non-negative weight per image ({x.shape[0]}), "
+                              f"not all zero; got {w.tolist()}")
+        mu = self.encode(x)[0]
+        return self.decode(((w / w.sum()).to(mu) @ mu)[None])
+
+    @torch.no_grad()
+    def edit(self, x: torch.Tensor, direction: torch.Tensor, alphas: list[float]) -> torch.Tensor:
+        """Images decoded from ``mean + alpha * direction`` for each alpha -> ``[B, len(alphas), 3, H, W]``;
+        alpha 0 is the reconstruction."""
+        mu = self.encode(x)[0]
+        v = direction.to(mu).flatten()
+        if v.numel() != self.latent_dim:
+            raise ConfigError(f"direction has {v.numel()} dims, the model's latent has {self.latent_dim}")
+        a = torch.as_tensor(alphas, dtype=mu.dtype, device=mu.device).view(1, -1, 1)
+        z = mu[:, None] + a * v
+        return self.decode(z.flatten(0, 1)).unflatten(0, z.shape[:2])
 
 
 def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
@@ -83,6 +143,8 @@ def load(run_dir: str | Path, checkpoint: str | None = None, weights: str = "ema
          ) -> LoadedVAE:
     """Load a run's trained VAE: EMA weights when the checkpoint has them (``weights="model"`` for the raw
     ones), in eval mode, on ``device``."""
+    if weights not in WEIGHTS:
+        raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     run_dir = Path(run_dir)
     config_path, manifest_path = run_dir / CONFIG_FILE, run_dir / MANIFEST_COPY
     if not config_path.is_file() or not manifest_path.is_file():

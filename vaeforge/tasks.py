@@ -1,21 +1,60 @@
-"""What a task plugin gets: the loaded model, its inputs, an output folder and a seed."""
+"""What a task plugin gets: the loaded model, its inputs, the dataset's splits with labels, an output folder and
+a seed."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
+import webdataset as wds
 
-from .data.loader import eval_batches
+from .attributes import VECTORS_DIR, AttributeVector, direction, posterior_means
+from .data.loader import decode_sample
 from .data.manifest import read_manifest, shard_paths
-from .errors import DataError
+from .errors import ConfigError, DataError, did_you_mean
 from .imageio import load_inputs, save_grid, save_png
 
 if TYPE_CHECKING:
     from .inference import LoadedVAE
 
 VAL = "val"
+TRAIN = "train"
+
+
+@dataclass
+class Sample:
+    """One image of a dataset split: its file name, pixels ``[3, H, W]`` in [0, 1] and labels (may be empty)."""
+
+    name: str
+    image: torch.Tensor
+    labels: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LabelledBatch:
+    """Images ``[B, 3, H, W]`` in [0, 1] with one label column's values ``[B]``."""
+
+    names: list[str]
+    images: torch.Tensor
+    values: torch.Tensor
+
+
+def _shard_error(exc: Exception) -> bool:
+    raise DataError(f"reading shards: {exc}") from exc
+
+
+def read_split(shards: list[str], column: str | None = None) -> Iterator[Sample]:
+    """The samples of a split's shards in file order, with the labels of each sample's JSON metadata; with
+    ``column``, only those labelled in it (the others are not decoded)."""
+    for raw in wds.tarfile_to_samples(handler=_shard_error)(iter([{"url": u} for u in shards])):
+        labels = json.loads(raw["json"]).get("labels", {}) if "json" in raw else {}
+        if column is None or column in labels:
+            image, key = decode_sample(raw)
+            yield Sample(f"{key}.png", image.float() / 255.0, labels)
 
 
 @dataclass
@@ -38,28 +77,72 @@ class TaskContext:
         if self.input is None:
             raise DataError("this task needs input=<image files, a folder, or val>")
         if self.input == VAL:
-            items = self._val_images()
-        else:
-            m = self.model
-            items = load_inputs(self.input, m.image_size, list(m.manifest["crop"]))
+            return [(s.name, s.image) for s in self.split(VAL, self.limit)]
+        m = self.model
+        items = load_inputs(self.input, m.image_size, list(m.manifest["crop"]))
         return items[: self.limit] if self.limit else items
 
-    def _val_images(self) -> list[tuple[str, torch.Tensor]]:
+    def split(self, name: str, limit: int = 0) -> list[Sample]:
+        """The first ``limit`` (0: all) samples of a split of the run's dataset, with their labels."""
+        return list(self._iter_split(name, limit))
+
+    def _iter_split(self, name: str, limit: int = 0, column: str | None = None) -> Iterator[Sample]:
         shards_dir = self.model.config.data.shards
-        shards = shard_paths(shards_dir, read_manifest(shards_dir), VAL)
-        items: list[tuple[str, torch.Tensor]] = []
-        for batch in eval_batches(shards, 64, 0, 1):
-            items += [(f"{k}.png", im.float() / 255.0) for k, im in zip(batch["key"], batch["image"])]
-            if self.limit and len(items) >= self.limit:
-                break
-        return items
+        samples = read_split(shard_paths(shards_dir, read_manifest(shards_dir), name), column)
+        return itertools.islice(samples, limit or None)
+
+    def label_columns(self) -> dict[str, dict[str, Any]]:
+        """The dataset's label columns: name -> ``{"kind": "binary" | "real", "count": ...}``."""
+        return dict(self.model.manifest.get("label_columns", {}))
+
+    def label_kind(self, column: str) -> str:
+        """``binary`` or ``real``; an unknown column is a ConfigError listing the available ones."""
+        columns = self.label_columns()
+        if column not in columns:
+            raise ConfigError(f"unknown attribute '{column}' ({did_you_mean(column, columns)})")
+        return str(columns[column]["kind"])
+
+    def labelled(self, split: str, column: str, limit: int = 0, batch_size: int = 64) -> Iterator[LabelledBatch]:
+        """Batches of the split's images that have a value for ``column`` (at most ``limit`` of them, 0: all)."""
+        self.label_kind(column)
+        for group in _chunks(self._iter_split(split, limit, column), batch_size):
+            yield LabelledBatch([s.name for s in group], torch.stack([s.image for s in group]),
+                                torch.tensor([float(s.labels[column]) for s in group]))
+
+    def vector_path(self, attribute: str) -> Path:
+        """Where the run keeps the direction of ``attribute``: ``run_dir/vectors/<attribute>.safetensors``."""
+        return self.model.run_dir / VECTORS_DIR / f"{attribute}.safetensors"
+
+    def attribute_vector(self, attribute: str, train_limit: int = 0) -> tuple[AttributeVector, bool]:
+        """The latent direction of a label column and whether it was reused: the run's saved one when it was
+        computed with the same checkpoint, weights and ``train_limit``; else computed from the training split's
+        labelled images (at most ``train_limit``, 0: all) and saved for reuse."""
+        kind = self.label_kind(attribute)
+        m, path = self.model, self.vector_path(attribute)
+        source = f"{m.checkpoint.name} {m.weights} train_limit={train_limit}"
+        if path.is_file():
+            saved = AttributeVector.load(path)
+            if saved.source == source:
+                return saved, True
+        mu, values = posterior_means(m.encode, self.labelled(TRAIN, attribute, train_limit))
+        vector = AttributeVector(attribute, kind, direction(mu, values, kind, attribute), len(values), source)
+        vector.save(path)
+        return vector, False
 
     def save_image(self, name: str, image: torch.Tensor) -> Path:
         path = self.output / name
         save_png(image, path)
         return path
 
-    def save_grid(self, name: str, rows: list[list[torch.Tensor]] | torch.Tensor, nrow: int | None = None) -> Path:
+    def save_grid(self, name: str, rows: list[list[torch.Tensor]] | torch.Tensor, nrow: int | None = None,
+                  columns: list[str] | None = None) -> Path:
+        """A grid PNG of equal-length rows (or a batch with ``nrow`` a row), with optional column captions."""
         path = self.output / name
-        save_grid(rows, path, nrow)
+        save_grid(rows, path, nrow, columns)
         return path
+
+
+def _chunks(items: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
+    iterator = iter(items)
+    while group := list(itertools.islice(iterator, size)):
+        yield group

@@ -1,4 +1,5 @@
-"""``unet``: U-Net-style convolutional stages (residual double-conv blocks, GroupNorm, SiLU, down/up sampling).
+"""``unet``: U-Net-style convolutional stages (residual double-conv blocks, GroupNorm, SiLU, down/up sampling),
+with optional self-attention at chosen (low) resolutions.
 
 No activations pass around the latent: the decoder sees only z, so sampling and attribute editing work.
 """
@@ -17,6 +18,8 @@ class UNetConfig:
     widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # one stage per width, each halves H, W
     blocks_per_stage: int = 1
     groups: int = 8  # GroupNorm groups (reduced for narrow layers)
+    attention: list[int] = field(default_factory=list)  # feature-map sizes (e.g. [8, 4]) that get self-attention
+    attention_heads: int = 4  # reduced until it divides the stage's width
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -41,27 +44,60 @@ class ResBlock(nn.Module):
         return self.skip(x) + self.body(x)
 
 
-def _blocks(c_in: int, c_out: int, n: int, groups: int) -> list[nn.Module]:
-    return [ResBlock(c_in if i == 0 else c_out, c_out, groups) for i in range(n)]
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the positions of a feature map (pre-GroupNorm, residual)."""
+
+    def __init__(self, channels: int, heads: int, groups: int) -> None:
+        super().__init__()
+        while channels % heads:
+            heads -= 1
+        self.norm = _norm(channels, groups)
+        self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, H*W, C]
+        mixed, _ = self.attn(tokens, tokens, tokens, need_weights=False)
+        return x + mixed.transpose(1, 2).reshape(b, c, h, w)
+
+
+def _blocks(c_in: int, c_out: int, cfg: UNetConfig, size: int) -> list[nn.Module]:
+    """One stage's residual blocks at feature-map size ``size``, each followed by attention if asked for."""
+    layers: list[nn.Module] = []
+    for i in range(cfg.blocks_per_stage):
+        layers.append(ResBlock(c_in if i == 0 else c_out, c_out, cfg.groups))
+        if size in cfg.attention:
+            layers.append(SelfAttention(c_out, cfg.attention_heads, cfg.groups))
+    return layers
+
+
+def _check(cfg: UNetConfig, image: ImageSpec) -> None:
+    depth = len(cfg.widths)
+    if image.size % 2**depth:
+        raise ConfigError(f"unet: image size {image.size} is not divisible by 2**{depth} (one per width)")
+    sizes = [image.size // 2**i for i in range(depth + 1)]
+    unused = sorted(set(cfg.attention) - set(sizes[:-1]))
+    if unused:
+        raise ConfigError(f"unet: attention at sizes {unused}, but the stages run at {sizes[:-1]}")
 
 
 @register_backbone("unet", config=UNetConfig)
 def build(cfg: UNetConfig, image: ImageSpec, latent_dim: int) -> BackboneParts:
-    widths, n, g = cfg.widths, cfg.blocks_per_stage, cfg.groups
+    _check(cfg, image)
+    widths, g = cfg.widths, cfg.groups
     bottom = image.size // 2 ** len(widths)
-    if bottom < 1 or image.size % 2 ** len(widths):
-        raise ConfigError(f"unet: image size {image.size} is not divisible by 2**{len(widths)} (one per width)")
     enc: list[nn.Module] = [nn.Conv2d(image.channels, widths[0], 3, padding=1)]
-    c = widths[0]
+    c, size = widths[0], image.size
     for w in widths:
-        enc += [*_blocks(c, w, n, g), nn.Conv2d(w, w, 3, stride=2, padding=1)]
-        c = w
+        enc += [*_blocks(c, w, cfg, size), nn.Conv2d(w, w, 3, stride=2, padding=1)]
+        c, size = w, size // 2
     enc += [_norm(c, g), nn.SiLU(), nn.Flatten()]
     feature_dim = c * bottom * bottom
 
     dec: list[nn.Module] = [nn.Linear(latent_dim, feature_dim), nn.Unflatten(1, (c, bottom, bottom))]
     for w in reversed(widths):
-        dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, w, 3, padding=1), *_blocks(w, w, n, g)]
+        size *= 2
+        dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, w, 3, padding=1), *_blocks(w, w, cfg, size)]
         c = w
     dec += [_norm(c, g), nn.SiLU(), nn.Conv2d(c, image.channels, 3, padding=1)]
     return BackboneParts(nn.Sequential(*enc), nn.Sequential(*dec), feature_dim)

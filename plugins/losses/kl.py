@@ -1,6 +1,9 @@
-"""``kl``: KL(q(z|x) || N(0, I)), summed over latent dims and averaged over the batch, times beta.
+"""``kl``: KL(q(z|x) || N(0, I)), summed over latent dims and averaged over the batch, times beta(step).
 
-beta ramps linearly from 0 over ``warmup_steps`` (against posterior collapse early in training).
+Schedules of beta (against posterior collapse early in training): ``constant``; ``linear`` warm-up from 0 over
+``warmup_steps``; ``cyclical`` (Fu et al., 2019): every ``cycle_steps`` beta restarts at 0 and ramps linearly to
+its value over the first ``ramp_fraction`` of the cycle, then holds. ``free_bits`` (nats per latent dim, Kingma et
+al., 2016) charges each dim at least that much of its batch-mean KL, so a dim below it feels no KL gradient.
 """
 from __future__ import annotations
 
@@ -8,27 +11,51 @@ from dataclasses import dataclass
 
 import torch
 
-from vaeforge.api import LossTerm, LossValue, VAEOutput, kl_per_dim, register_loss
+from vaeforge.api import ConfigError, LossTerm, LossValue, VAEOutput, kl_per_dim, register_loss
+
+SCHEDULES = ("constant", "linear", "cyclical")
 
 
 @dataclass
 class KLConfig:
     beta: float = 1.0
-    warmup_steps: int = 0  # linear warm-up of beta from 0; 0 disables
+    schedule: str = "linear"  # constant | linear | cyclical
+    warmup_steps: int = 0  # linear: steps from beta=0 to beta (0: constant)
+    cycle_steps: int = 1000  # cyclical: steps per cycle
+    ramp_fraction: float = 0.5  # cyclical: part of each cycle spent ramping up
+    free_bits: float = 0.0  # nats per latent dim charged at least; 0 disables
+
+
+def beta_at(cfg: KLConfig, step: int) -> float:
+    """The KL weight at optimizer step ``step``."""
+    if cfg.schedule == "linear" and cfg.warmup_steps > 0:
+        return cfg.beta * min(1.0, step / cfg.warmup_steps)
+    if cfg.schedule == "cyclical":
+        phase = (step % cfg.cycle_steps) / cfg.cycle_steps
+        return cfg.beta * min(1.0, phase / cfg.ramp_fraction)
+    return cfg.beta
 
 
 @register_loss("kl", config=KLConfig)
 class KL(LossTerm):
     def __init__(self, cfg: KLConfig) -> None:
         super().__init__()
+        if cfg.schedule not in SCHEDULES:
+            raise ConfigError(f"kl: unknown schedule '{cfg.schedule}' (valid: {', '.join(SCHEDULES)})")
+        if cfg.schedule == "cyclical" and (cfg.cycle_steps < 1 or not 0 < cfg.ramp_fraction <= 1):
+            raise ConfigError("kl: cyclical needs cycle_steps >= 1 and 0 < ramp_fraction <= 1")
+        if cfg.free_bits < 0:
+            raise ConfigError(f"kl: free_bits must be >= 0, got {cfg.free_bits}")
         self.cfg = cfg
 
     def beta(self, step: int) -> float:
-        if self.cfg.warmup_steps <= 0:
-            return self.cfg.beta
-        return self.cfg.beta * min(1.0, step / self.cfg.warmup_steps)
+        return beta_at(self.cfg, step)
 
     def forward(self, out: VAEOutput, target: torch.Tensor, step: int) -> LossValue:
-        kl = kl_per_dim(out.mu, out.logvar).sum(1).mean()
+        per_dim = kl_per_dim(out.mu, out.logvar).mean(0)  # batch-mean KL of each latent dim, nats
+        charged = per_dim.clamp_min(self.cfg.free_bits).sum() if self.cfg.free_bits > 0 else per_dim.sum()
         beta = self.beta(step)
-        return LossValue(beta * kl, {"beta": beta, "nats": kl})
+        logs: dict[str, float | torch.Tensor] = {"beta": beta, "nats": per_dim.sum()}
+        if self.cfg.free_bits > 0:
+            logs["charged_nats"] = charged
+        return LossValue(beta * charged, logs)

@@ -2,9 +2,16 @@
 
 A checkpoint is a folder ``run_dir/checkpoints/step_NNNNNNNN``. It is written under a ``.tmp`` name by all
 ranks (each its own RNG state), fsync'ed, then renamed by rank 0: a folder without ``.tmp`` is always complete.
+
+Under DeepSpeed the optimizer is sharded: each rank's shard is written by DeepSpeed's own engine API into
+``deepspeed/`` (with ``deepspeed.json``: ZeRO stage, world size, SHA-256 of every file), and the weights are
+ALSO saved consolidated (fp32) as ``model.safetensors``, so ``vaeforge.load`` works the same. DeepSpeed's
+loader unpickles its own shard files (``torch.load(weights_only=False)``): the hashes are checked first, but a
+checkpoint folder must come from a source you trust. Everything vaeforge reads itself loads pickle-free.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -23,6 +30,8 @@ from ..errors import CheckpointError
 CHECKPOINTS = "checkpoints"
 PREFIX = "step_"
 TMP = ".tmp"
+DEEPSPEED = "deepspeed"  # DeepSpeed's sharded model/optimizer states (tag and sub-folder)
+DEEPSPEED_INFO = "deepspeed.json"
 
 
 @dataclass
@@ -57,10 +66,14 @@ def architecture(state_dict: dict[str, torch.Tensor]) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in state_dict.items()}
 
 
-def _fsync_write(path: Path, write: Any) -> None:
-    write(path)
+def _fsync(path: Path) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
+
+
+def _fsync_write(path: Path, write: Any) -> None:
+    write(path)
+    _fsync(path)
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -100,16 +113,16 @@ def write_rank_state(folder: Path, rank: int) -> None:
 def write_main_state(
     folder: Path,
     weights: dict[str, dict[str, torch.Tensor]],
-    optimizer: dict[str, Any],
-    scheduler: dict[str, Any],
+    states: dict[str, Any],
     state: TrainerState,
 ) -> None:
-    """Rank 0's part: weights (``model``, ``ema``, ``losses``) as safetensors, optimizer, scheduler, state."""
+    """Rank 0's part: weights (``model``, ``ema``, ``losses``) as safetensors, plain-data ``states``
+    (``optimizer``, ``scheduler``, ``scaler``: tensors and builtins only) as ``<name>.pt``, and ``state.json``."""
     for name, tensors in weights.items():
         if tensors:
             _fsync_write(folder / f"{name}.safetensors", lambda p, t=tensors: save_file(_tensors(t), str(p)))
-    _fsync_write(folder / "optimizer.pt", lambda p: torch.save(optimizer, p))
-    _fsync_write(folder / "scheduler.pt", lambda p: torch.save(scheduler, p))
+    for name, value in states.items():
+        _fsync_write(folder / f"{name}.pt", lambda p, v=value: torch.save(v, p))
     _fsync_write(folder / "state.json", lambda p: p.write_text(json.dumps(asdict(state), indent=1)))
 
 
@@ -171,3 +184,59 @@ def check_architecture(expected: dict[str, list[int]], found: dict[str, torch.Te
     raise CheckpointError(
         f"checkpoint {where} was made for another architecture ({'; '.join(p for p in parts if p)})"
     )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_deepspeed(engine: Any, folder: Path) -> None:
+    """Every rank writes its DeepSpeed shards into ``folder/deepspeed`` (collective)."""
+    engine.save_checkpoint(str(folder), tag=DEEPSPEED, save_latest=False)
+
+
+def describe_deepspeed(folder: Path, stage: int, world_size: int) -> None:
+    """Rank 0, once all shards are written: fsync them and record stage, world size and their hashes."""
+    files = {}
+    for path in sorted((folder / DEEPSPEED).rglob("*")):
+        if path.is_file():
+            _fsync(path)
+            files[str(path.relative_to(folder))] = _sha256(path)
+    info = {"zero_stage": stage, "world_size": world_size, "sha256": files}
+    _fsync_write(folder / DEEPSPEED_INFO, lambda p: p.write_text(json.dumps(info, indent=1)))
+
+
+def check_layout(folder: Path, stage: int | None) -> None:
+    """Fail clearly when a checkpoint was written by another setup (DDP vs DeepSpeed, or another ZeRO stage)."""
+    info_path = folder / DEEPSPEED_INFO
+    if not info_path.exists():
+        if stage is not None:
+            raise CheckpointError(f"checkpoint {folder} was written without DeepSpeed: this run uses ZeRO-{stage}; "
+                                  "resume it with the launch that wrote it")
+        return
+    try:
+        written = int(json.loads(info_path.read_text())["zero_stage"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint file {info_path} is damaged ({exc})") from None
+    if written != stage:
+        now = f"ZeRO-{stage}" if stage is not None else "no DeepSpeed"
+        raise CheckpointError(f"checkpoint {folder} was written by DeepSpeed ZeRO-{written}, this run uses {now}: "
+                              "resume it with the launch that wrote it")
+
+
+def load_deepspeed(engine: Any, folder: Path) -> None:
+    """Check every shard against its recorded hash, then let DeepSpeed restore model and optimizer partitions."""
+    info = json.loads((folder / DEEPSPEED_INFO).read_text())
+    for name, digest in info["sha256"].items():
+        path = folder / name
+        if not path.is_file() or _sha256(path) != digest:
+            raise CheckpointError(f"checkpoint file {path} is damaged or missing (SHA-256 differs from "
+                                  f"{DEEPSPEED_INFO})")
+    loaded, _ = engine.load_checkpoint(str(folder), tag=DEEPSPEED, load_optimizer_states=True,
+                                       load_lr_scheduler_states=False)
+    if loaded is None:
+        raise CheckpointError(f"checkpoint {folder}: DeepSpeed could not load {folder / DEEPSPEED}")

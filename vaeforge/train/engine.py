@@ -1,4 +1,5 @@
-"""The training engine: Accelerate (DDP, mixed precision) around any registered backbone and loss terms.
+"""The training engine: Accelerate (DDP, DeepSpeed ZeRO, mixed precision) around any registered backbone and
+loss terms.
 
 It knows plugin kinds, never a concrete plugin. One run folder for all ranks holds the resolved config,
 ``run.json``, checkpoints, TensorBoard events and (optionally) a per-rank audit of the samples trained on.
@@ -9,6 +10,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import signal
 import time
@@ -16,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from timm.utils import ModelEmaV3
 from torch import nn
 
@@ -34,10 +35,9 @@ from ..metrics import active_units, kl_per_dim, psnr
 from ..model import VAE, ImageSpec, build_model
 from ..rundir import CONFIG_FILE, LOCK_FILE, MANIFEST_COPY, RUN_FILE
 from . import checkpoint as ckpt
+from . import distributed as dist
 from .monitor import Monitor
 from .schedule import lr_factor
-
-PRECISIONS = ("no", "bf16", "fp16")
 
 
 class TrainModule(nn.Module):
@@ -61,13 +61,18 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
-def state_digest(module: nn.Module) -> str:
-    """SHA-256 of a module's parameters and buffers: equal digests mean bit-identical weights."""
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict (parameters and buffers): equal digests mean bit-identical weights."""
     h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def _subset(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries under ``prefix``, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 class Trainer:
@@ -76,14 +81,11 @@ class Trainer:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
         t = cfg.trainer
-        if t.mixed_precision not in PRECISIONS:
-            raise ConfigError(f"trainer.mixed_precision must be one of {PRECISIONS}, got '{t.mixed_precision}'")
-        self.acc = Accelerator(
-            cpu=not torch.cuda.is_available(),
-            mixed_precision=t.mixed_precision,
-            gradient_accumulation_steps=t.grad_accum,
-        )
-        self._check_world_size()
+        launch = dist.Launch.from_env()
+        dist.check_launch(launch, t.mixed_precision)
+        self.acc = dist.make_accelerator(t.mixed_precision, t.grad_accum, launch)
+        dist.check_setup(self.acc, launch, t.mixed_precision)
+        self.zero_stage = dist.zero_stage(self.acc)  # None without DeepSpeed
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.run_dir = Path(cfg.run_dir)
         self.main = self.acc.is_main_process
@@ -93,10 +95,10 @@ class Trainer:
         self.manifest = read_manifest(cfg.data.shards)
         self.train_shards = shard_paths(cfg.data.shards, self.manifest, "train")
         self.val_shards = shard_paths(cfg.data.shards, self.manifest, "val")
-        image = ImageSpec(int(self.manifest["image_size"]), int(self.manifest.get("channels", 3)))
+        self.image = ImageSpec(int(self.manifest["image_size"]), int(self.manifest.get("channels", 3)))
 
         set_seed(t.seed)  # same initial weights on every rank
-        vae = build_model(cfg.model, image)
+        vae = build_model(cfg.model, self.image)
         self.module = TrainModule(vae, LossSet(cfg.losses))
         self.ema = ModelEmaV3(vae, decay=t.ema_decay, use_warmup=True) if t.ema_decay > 0 else None
         params = [p for p in self.module.parameters() if p.requires_grad]
@@ -107,21 +109,17 @@ class Trainer:
             optimizer,
             lr_factor(cfg.optim.schedule, cfg.optim.warmup_steps, t.max_steps, cfg.optim.min_lr_ratio),
         )
-        self.model, self.optimizer = self.acc.prepare(self.module, optimizer)
         self.state = ckpt.TrainerState(world_size=self.world, architecture=ckpt.architecture(vae.state_dict()))
+        if self.zero_stage is not None:
+            dist.fill_deepspeed_config(self.acc, cfg)
+        self.model, self.optimizer = self.acc.prepare(self.module, optimizer)  # ZeRO-3 partitions the weights
+        # DeepSpeed bf16/fp16 casts the weights themselves (fp32 masters stay in the optimizer): inputs follow
+        self.input_dtype = next(self.model.parameters()).dtype
+        self._eval_copy: TrainModule | None = None  # DeepSpeed only: whole fp32 weights to evaluate with
         self.batches_per_epoch = self._batches_per_epoch()
         self._stop_requested = False
 
     # ----- setup -------------------------------------------------------------------------------------------
-    def _check_world_size(self) -> None:
-        """Refuse to train in another setup than the launcher asked for (e.g. 2 silent world-size-1 runs)."""
-        asked = int(os.environ.get("WORLD_SIZE", "1"))
-        if self.acc.num_processes != asked:
-            raise VaeforgeError(
-                f"the launcher asked for {asked} processes but this run has world size {self.acc.num_processes} "
-                f"({self.acc.distributed_type}); on CPU use: accelerate launch --multi_gpu --num_processes {asked}"
-            )
-
     def _agree(self, failed: bool) -> bool:
         """True on every rank when any rank failed (so all ranks raise together instead of deadlocking)."""
         if failed:
@@ -158,14 +156,10 @@ class Trainer:
         return batches
 
     def _describe_run(self) -> dict[str, Any]:
-        acc = self.acc
+        """What ``run.json`` records (collective: every rank reports its host and device)."""
         return {
-            "world_size": self.world,
-            "distributed_type": str(acc.distributed_type),
-            "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
-            "mixed_precision": acc.mixed_precision,
-            "device": str(acc.device),
-            "gradient_accumulation_steps": acc.gradient_accumulation_steps,
+            **dist.describe(self.acc),
+            "gradient_accumulation_steps": self.acc.gradient_accumulation_steps,
             "global_batch": self.cfg.data.batch_size * self.world * self.cfg.trainer.grad_accum,
             "batches_per_epoch_per_rank": self.batches_per_epoch,
             "versions": {"vaeforge": __version__, "torch": torch.__version__},
@@ -182,10 +176,11 @@ class Trainer:
 
     def _resume_or_start(self) -> None:
         latest = ckpt.latest_checkpoint(self.run_dir)
+        setup = self._describe_run()
         if self.main:
             ckpt.remove_partial(self.run_dir)
             save_config(self.cfg, self.run_dir / CONFIG_FILE)
-            (self.run_dir / RUN_FILE).write_text(json.dumps(self._describe_run(), indent=1))
+            (self.run_dir / RUN_FILE).write_text(json.dumps(setup, indent=1))
             (self.run_dir / MANIFEST_COPY).write_text(json.dumps(self.manifest, indent=1))
         self.acc.wait_for_everyone()
         if latest is None:
@@ -197,24 +192,43 @@ class Trainer:
 
     def _load(self, folder: Path) -> None:
         state = ckpt.read_state(folder)
-        unwrapped = self.acc.unwrap_model(self.model)
-        weights = ckpt.load_weights(folder / "model.safetensors")
-        ckpt.check_architecture(self.state.architecture, weights, folder)
-        unwrapped.vae.load_state_dict(weights)
-        if (folder / "losses.safetensors").exists():
-            unwrapped.losses.load_state_dict(ckpt.load_weights(folder / "losses.safetensors"))
-        if self.ema is not None and (folder / "ema.safetensors").exists():
-            self.ema.module.load_state_dict(ckpt.load_weights(folder / "ema.safetensors"))
-        self.optimizer.load_state_dict(ckpt.load_pickle_free(folder / "optimizer.pt"))
-        self.scheduler.load_state_dict(ckpt.load_pickle_free(folder / "scheduler.pt"))
         if state.world_size != self.world:
             raise VaeforgeError(
                 f"checkpoint {folder} was written by {state.world_size} processes, this run has {self.world}: "
                 "the data position cannot be restored exactly"
             )
+        ckpt.check_layout(folder, self.zero_stage)
+        weights = ckpt.load_weights(folder / "model.safetensors")
+        ckpt.check_architecture(self.state.architecture, weights, folder)
+        if self.zero_stage is None:
+            unwrapped = self.acc.unwrap_model(self.model)
+            unwrapped.vae.load_state_dict(weights)
+            if (folder / "losses.safetensors").exists():
+                unwrapped.losses.load_state_dict(ckpt.load_weights(folder / "losses.safetensors"))
+            self.optimizer.load_state_dict(ckpt.load_pickle_free(folder / "optimizer.pt"))
+        else:
+            ckpt.load_deepspeed(self.model, folder)  # model and optimizer partitions
+        if self.ema is not None and (folder / "ema.safetensors").exists():
+            self.ema.module.load_state_dict(ckpt.load_weights(folder / "ema.safetensors"))
+        self.scheduler.load_state_dict(ckpt.load_pickle_free(folder / "scheduler.pt"))
+        if self.acc.scaler is not None and (folder / "scaler.pt").exists():
+            self.acc.scaler.load_state_dict(ckpt.load_pickle_free(folder / "scaler.pt"))
         ckpt.set_rng_state(ckpt.load_pickle_free(folder / f"rng_rank{self.rank}.pt"))
         self.state = state
         self.monitor.write(f"resumed from {folder} (step {state.step}, epoch {state.epoch})")
+
+    def _full_state(self, keep: bool = True) -> dict[str, torch.Tensor]:
+        """Model and loss weights, whole (collective under DeepSpeed: all ranks call it; see dist.full_state)."""
+        return dist.full_state(self.acc.unwrap_model(self.model), self.zero_stage, keep)
+
+    def _plain_states(self) -> dict[str, Any]:
+        """Optimizer (unless DeepSpeed shards it), scheduler and fp16 loss scaler, as plain data."""
+        states: dict[str, Any] = {"scheduler": self.scheduler.state_dict()}
+        if self.zero_stage is None:
+            states["optimizer"] = self.optimizer.state_dict()
+        if self.acc.scaler is not None:
+            states["scaler"] = self.acc.scaler.state_dict()
+        return states
 
     def save(self) -> None:
         """Write a checkpoint of the current step (collective: every rank calls it)."""
@@ -223,29 +237,46 @@ class Trainer:
             folder.mkdir(parents=True, exist_ok=True)
         self.acc.wait_for_everyone()
         ckpt.write_rank_state(folder, self.rank)
+        full = self._full_state(keep=self.main)  # rank 0 writes the consolidated weights
+        if self.zero_stage is not None:
+            ckpt.save_deepspeed(self.model, folder)
         self.acc.wait_for_everyone()
         if self.main:
-            unwrapped = self.acc.unwrap_model(self.model)
+            if self.zero_stage is not None:
+                ckpt.describe_deepspeed(folder, self.zero_stage, self.world)
             weights = {
-                "model": unwrapped.vae.state_dict(),
+                "model": _subset(full, "vae."),
                 "ema": self.ema.module.state_dict() if self.ema is not None else {},
-                "losses": unwrapped.losses.state_dict(),
+                "losses": _subset(full, "losses."),
             }
-            ckpt.write_main_state(
-                folder, weights, self.optimizer.state_dict(), self.scheduler.state_dict(), self.state
-            )
+            ckpt.write_main_state(folder, weights, self._plain_states(), self.state)
             ckpt.publish(folder, self.cfg.trainer.keep_checkpoints)
         self.acc.wait_for_everyone()
 
     # ----- evaluation --------------------------------------------------------------------------------------
-    def eval_model(self) -> VAE:
-        return self.ema.module if self.ema is not None else self.acc.unwrap_model(self.model).vae
+    def _eval_modules(self) -> tuple[VAE, nn.Module]:
+        """The VAE to evaluate (the EMA copy when kept) and the loss terms. Under DeepSpeed the live weights may
+        be partitioned (ZeRO-3) or low precision: a whole fp32 copy is evaluated (collective: all ranks call)."""
+        live = self.acc.unwrap_model(self.model)
+        if self.zero_stage is not None:
+            live = self._whole_copy()
+        return (self.ema.module if self.ema is not None else live.vae), live.losses
+
+    def _whole_copy(self) -> TrainModule:
+        """A plain module holding the current whole fp32 weights (DeepSpeed; collective)."""
+        state = self._full_state()
+        if self._eval_copy is None:
+            with torch.random.fork_rng(devices=[]):  # building must not move the training RNG
+                self._eval_copy = TrainModule(build_model(self.cfg.model, self.image), LossSet(self.cfg.losses))
+            self._eval_copy.to(self.acc.device)
+        self._eval_copy.load_state_dict(state)
+        return self._eval_copy
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Val loss with the training weighting at this step, PSNR of posterior-mean reconstructions, and KL
         per latent dim, summed over all ranks' shards."""
-        vae, losses = self.eval_model(), self.acc.unwrap_model(self.model).losses
+        vae, losses = self._eval_modules()
         vae.eval()
         sums: dict[str, torch.Tensor] = {}
         kl_dims = torch.zeros(vae.latent_dim, device=self.acc.device)
@@ -284,9 +315,9 @@ class Trainer:
     @torch.no_grad()
     def log_images(self) -> None:
         """Reconstructions of the first val images and samples from fixed latents, as TensorBoard grids."""
+        vae, _ = self._eval_modules()
         if not self.main:
             return
-        vae = self.eval_model()
         vae.eval()
         x = to_float(next(eval_batches(self.val_shards, 8, 0, 1))["image"].to(self.acc.device))
         z = torch.randn(16, vae.latent_dim, generator=torch.Generator().manual_seed(0)).to(self.acc.device)
@@ -337,7 +368,7 @@ class Trainer:
             signal.signal(signal.SIGTERM, previous)
         self.save()
         if t.audit_samples:
-            digest = state_digest(self.acc.unwrap_model(self.model))
+            digest = state_digest(self._full_state())
             (self.run_dir / "audit" / f"params_rank{self.rank}.txt").write_text(digest + "\n")
         self.monitor.close()
         return self.state
@@ -360,17 +391,14 @@ class Trainer:
                 x, x_in = self._inputs(batch["image"], s.step)
                 with self.acc.accumulate(self.model):
                     with self.acc.autocast():
-                        total, logs, out = self.model(x_in, x, s.step)
+                        total, logs, out = self.model(x_in.to(self.input_dtype), x, s.step)
                     self.acc.backward(total)
                     synced = self.acc.sync_gradients
                     if synced:
-                        grad_norm = self.acc.clip_grad_norm_(params, clip)
-                        finite = bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(total.detach()))
-                        if finite:
-                            self.optimizer.step()
+                        grad_norm, applied = self._optimizer_step(params, clip, total)
+                        if applied:
                             self.scheduler.step()
-                            if self.ema is not None:
-                                self.ema.update(self.acc.unwrap_model(self.model).vae, step=s.step)
+                            self._update_ema(s.step)
                             consecutive_bad = 0
                         else:
                             s.nonfinite_skipped += 1
@@ -406,6 +434,27 @@ class Trainer:
             if s.batch_in_epoch >= self.batches_per_epoch:
                 s.epoch, s.batch_in_epoch = s.epoch + 1, 0
 
+    def _optimizer_step(self, params: list[nn.Parameter], clip: float, loss: torch.Tensor) -> tuple[float, bool]:
+        """Clip and step; returns the gradient norm and whether the update was applied. A non-finite update is
+        skipped: by the fp16 GradScaler or DeepSpeed themselves (they also lower the loss scale; DeepSpeed has
+        already stepped inside ``backward``), otherwise here."""
+        norm = self.acc.clip_grad_norm_(params, clip)  # DeepSpeed: its own norm (it clips by its config)
+        norm = float("nan") if norm is None else float(norm)
+        if self.acc.scaler is not None or self.zero_stage is not None:
+            self.optimizer.step()
+            return norm, not self.optimizer.step_was_skipped
+        if not (math.isfinite(norm) and bool(torch.isfinite(loss.detach()))):
+            return norm, False
+        self.optimizer.step()
+        return norm, True
+
+    def _update_ema(self, step: int) -> None:
+        if self.ema is None:
+            return
+        vae = self.acc.unwrap_model(self.model).vae
+        with dist.gathered(vae.parameters(), self.zero_stage):
+            self.ema.update(vae, step=step)
+
     def _log_train(self, total, logs, out, grad_norm, images_per_sec: float, wait_fraction: float) -> None:
         s = self.state
         reduced = self.acc.reduce(torch.stack([total.detach().float(), *[v.float() for v in logs.values()]]),
@@ -415,7 +464,7 @@ class Trainer:
         kl_dims = kl_per_dim(out.mu.detach(), out.logvar.detach())
         values.update({
             "train/lr": self.scheduler.get_last_lr()[0],
-            "train/grad_norm": float(grad_norm),
+            "train/grad_norm": grad_norm,
             "train/nonfinite_skipped": s.nonfinite_skipped,
             "train/active_units": active_units(kl_dims),
             "perf/images_per_sec": images_per_sec,

@@ -1,0 +1,306 @@
+"""Equal wall-clock quality benchmark on prepared LFW (identity-disjoint val split).
+
+Each model trains for the same wall-clock budget with the same number of CPU threads, in its own process:
+  lfw_unet, lfw_resnet    vaeforge's recipes through the real CLI (``trainer.max_time=<budget>``); any other
+                          recipe name (e.g. lfw_unet_nll) may be added to ``--models``
+  pythae_celeba           pythae's VAE through pythae's own trainer, with its CelebA-64 benchmark conv networks
+  pythae_baseline         pythae's VAE through pythae's own trainer, with the plain baseline's networks
+  baseline                a plain PyTorch conv VAE: 4 stride-2 convs 32-64-128-256 + BatchNorm + LeakyReLU,
+                          latent 128, mirrored decoder, sigmoid, MSE-sum + KL, Adam 1e-3, batch 64
+
+Then, on every val image: PSNR, SSIM and LPIPS-AlexNet of the posterior-mean reconstructions (rounded to
+8 bits), and the Frechet distance between mean-pooled AlexNet conv5 features (the LPIPS trunk at the images'
+own resolution, as the evaluate task's ``fd_alexnet``) of ``--samples`` prior samples (8-bit) and of the val
+images. Data loading and evaluation are outside the budget; vaeforge's in-run validation is inside it.
+
+    python benchmarks/quality.py --shards data/lfw64 --budget-seconds 600 --threads 2 \\
+        --lpips-weights ../shared/weights/lpips_alexnet.safetensors --out runs/bench_quality
+
+pythae is a benchmark-only dependency: ``pip install -e .[bench]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import vaeforge
+from vaeforge.config import available_recipes
+from vaeforge.data.loader import eval_batches
+from vaeforge.data.manifest import read_manifest, shard_paths
+from vaeforge.metrics import frechet_distance, psnr, ssim
+from vaeforge.perceptual import LPIPS
+from vaeforge.train import checkpoint as ckpt
+
+MODELS = ("lfw_unet", "lfw_resnet", "pythae_celeba", "pythae_baseline", "baseline")
+LATENT = 128
+BATCH = 64
+LR = 1e-3
+EVAL_BATCH = 128
+COLUMNS = ("model", "params_M", "images_per_s", "steps", "psnr", "ssim", "lpips_alex", "fd_conv5")
+
+
+@dataclass
+class Result:
+    model: str
+    params_M: float
+    images_per_s: float
+    steps: int
+    psnr: float
+    ssim: float
+    lpips_alex: float
+    fd_conv5: float
+
+
+@dataclass
+class Trained:
+    """A trained model as the evaluation sees it, and what its training did in the budget."""
+
+    encode_mean: Callable[[torch.Tensor], torch.Tensor]  # images in [0, 1] -> posterior means
+    decode: Callable[[torch.Tensor], torch.Tensor]  # latents -> images in [0, 1]
+    params: int
+    steps: int
+    images: int
+    seconds: float
+
+
+# ----- data ------------------------------------------------------------------------------------------------------
+def load_split(shards: Path, split: str) -> torch.Tensor:
+    """Every image of a split, uint8 ``[N, 3, H, W]``, in file order."""
+    paths = shard_paths(shards, read_manifest(shards), split)
+    return torch.cat([b["image"] for b in eval_batches(paths, 256, 0, 1)])
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 255.0
+
+
+def to_8bit(images: torch.Tensor) -> torch.Tensor:
+    """Round images in [0, 1] to 8-bit levels, as a saved PNG would be."""
+    return (images.clamp(0, 1) * 255).round() / 255
+
+
+# ----- the plain baseline's networks (used by `baseline` and `pythae_baseline`) ---------------------------------
+def conv_block(c_in: int, c_out: int, transpose: bool = False) -> list[nn.Module]:
+    conv = nn.ConvTranspose2d if transpose else nn.Conv2d
+    return [conv(c_in, c_out, 4, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
+
+
+class BaselineEncoder(nn.Module):
+    """4 stride-2 convs 32-64-128-256 with BatchNorm + LeakyReLU, then linear heads for (mu, logvar)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        widths = [3, 32, 64, 128, 256]
+        self.convs = nn.Sequential(*[m for a, b in zip(widths, widths[1:]) for m in conv_block(a, b)], nn.Flatten())
+        features = 256 * (size // 16) ** 2
+        self.mu, self.logvar = nn.Linear(features, LATENT), nn.Linear(features, LATENT)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.convs(x)
+        return self.mu(h), self.logvar(h)
+
+
+class BaselineDecoder(nn.Module):
+    """The encoder mirrored with transposed convs; sigmoid output in [0, 1]."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        side = size // 16
+        self.fc = nn.Sequential(nn.Linear(LATENT, 256 * side * side), nn.Unflatten(1, (256, side, side)))
+        blocks = [m for a, b in zip([256, 128, 64], [128, 64, 32]) for m in conv_block(a, b, transpose=True)]
+        self.deconvs = nn.Sequential(*blocks, nn.ConvTranspose2d(32, 3, 4, stride=2, padding=1), nn.Sigmoid())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.deconvs(self.fc(z))
+
+
+def count(*modules: nn.Module) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+# ----- training, one function per kind of contestant -------------------------------------------------------------
+def train_vaeforge(recipe: str, args: argparse.Namespace) -> Trained:
+    """The recipe through ``python -m vaeforge.train``, stopped by ``trainer.max_time``."""
+    run_dir = args.out / recipe
+    cmd = [sys.executable, "-m", "vaeforge.train", f"recipe={recipe}", f"data.shards={args.shards}",
+           f"run_dir={run_dir}", f"trainer.max_time={args.budget_seconds}", "trainer.progress=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    subprocess.run(cmd, check=True, env=env)
+    state = ckpt.read_state(ckpt.latest_checkpoint(run_dir))
+    model = vaeforge.load(run_dir)
+    return Trained(lambda x: model.encode(x)[0], model.decode, count(model.vae), state.step, state.images_seen,
+                   float(args.budget_seconds))
+
+
+class Budget(Exception):
+    """Raised inside pythae's trainer when the wall-clock budget is used up."""
+
+
+def train_pythae(nets: str, train: torch.Tensor, args: argparse.Namespace) -> Trained:
+    """pythae's VAE and trainer (Adam 1e-3, batch 64, its own MSE + KL), stopped after the budget."""
+    from pythae.data.datasets import BaseDataset
+    from pythae.models import VAE, VAEConfig
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn import BaseDecoder, BaseEncoder
+    from pythae.models.nn.benchmarks.celeba import Decoder_Conv_AE_CELEBA, Encoder_Conv_VAE_CELEBA
+    from pythae.trainers import BaseTrainer, BaseTrainerConfig
+    from pythae.trainers.training_callbacks import TrainingCallback
+
+    size = train.shape[-1]
+    config = VAEConfig(input_dim=(3, size, size), latent_dim=LATENT, reconstruction_loss="mse")
+
+    class Encoder(BaseEncoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = BaselineEncoder(size)
+
+        def forward(self, x: torch.Tensor) -> ModelOutput:
+            mu, logvar = self.net(x)
+            return ModelOutput(embedding=mu, log_covariance=logvar)
+
+    class Decoder(BaseDecoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = BaselineDecoder(size)
+
+        def forward(self, z: torch.Tensor) -> ModelOutput:
+            return ModelOutput(reconstruction=self.net(z))
+
+    class StopAtBudget(TrainingCallback):
+        def __init__(self) -> None:
+            self.start, self.steps = 0.0, 0
+
+        def on_train_begin(self, training_config, **kwargs) -> None:
+            self.start = time.monotonic()
+
+        def on_train_step_end(self, training_config, **kwargs) -> None:
+            self.steps += 1
+            if time.monotonic() - self.start >= args.budget_seconds:
+                raise Budget
+
+    encoder, decoder = ((Encoder_Conv_VAE_CELEBA(config), Decoder_Conv_AE_CELEBA(config)) if nets == "celeba"
+                        else (Encoder(), Decoder()))
+    model = VAE(config, encoder=encoder, decoder=decoder)
+    training = BaseTrainerConfig(output_dir=str(args.out / f"pythae_{nets}"), num_epochs=10**6, learning_rate=LR,
+                                 per_device_train_batch_size=BATCH, optimizer_cls="Adam", no_cuda=True,
+                                 steps_saving=None)
+    stop = StopAtBudget()
+    trainer = BaseTrainer(model, BaseDataset(to_unit(train), torch.zeros(len(train))), training_config=training,
+                          callbacks=[stop])
+    try:
+        trainer.train()
+    except Budget:
+        pass
+    seconds = time.monotonic() - stop.start
+    model = trainer.model.eval()
+    return Trained(lambda x: model.encoder(x).embedding, lambda z: model.decoder(z).reconstruction, count(model),
+                   stop.steps, stop.steps * BATCH, seconds)
+
+
+def train_baseline(train: torch.Tensor, args: argparse.Namespace) -> Trained:
+    """A plain PyTorch training loop: MSE summed over pixels + KL, Adam 1e-3, batch 64, shuffled epochs."""
+    size = train.shape[-1]
+    encoder, decoder = BaselineEncoder(size), BaselineDecoder(size)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=LR)
+    start, steps = time.monotonic(), 0
+    while time.monotonic() - start < args.budget_seconds:
+        for index in torch.randperm(len(train)).split(BATCH):
+            x = to_unit(train[index])
+            mu, logvar = encoder(x)
+            recon = decoder(mu + torch.randn_like(mu) * torch.exp(0.5 * logvar))
+            kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(1)
+            loss = ((recon - x).square().flatten(1).sum(1) + kl).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            if time.monotonic() - start >= args.budget_seconds:
+                break
+    seconds = time.monotonic() - start
+    encoder.eval()
+    decoder.eval()
+    return Trained(lambda x: encoder(x)[0], decoder, count(encoder, decoder), steps, steps * BATCH, seconds)
+
+
+# ----- evaluation ------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def conv5(lpips: LPIPS, x: torch.Tensor) -> torch.Tensor:
+    """Mean-pooled AlexNet conv5 (after ReLU) features ``[N, 256]``."""
+    return torch.cat([lpips.features(chunk)[-1].mean((2, 3)) for chunk in x.split(EVAL_BATCH)])
+
+
+@torch.no_grad()
+def evaluate(model: Trained, val: torch.Tensor, lpips: LPIPS, samples: int) -> dict[str, float]:
+    """Reconstruction metrics on every val image and the prior-sample Frechet distance."""
+    x = to_unit(val)
+    recon = torch.cat([to_8bit(model.decode(model.encode_mean(chunk))) for chunk in x.split(EVAL_BATCH)])
+    distance = torch.cat([lpips(a, b) for a, b in zip(recon.split(EVAL_BATCH), x.split(EVAL_BATCH))])
+    z = torch.randn(samples, LATENT, generator=torch.Generator().manual_seed(0))
+    fake = torch.cat([to_8bit(model.decode(chunk)) for chunk in z.split(EVAL_BATCH)])
+    return {"psnr": float(psnr(recon, x).mean()), "ssim": float(ssim(recon, x).mean()),
+            "lpips_alex": float(distance.mean()), "fd_conv5": frechet_distance(conv5(lpips, fake), conv5(lpips, x))}
+
+
+def run_one(name: str, args: argparse.Namespace) -> Result:
+    """Train one contestant for the budget and evaluate it (in this process)."""
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    if name in available_recipes():
+        model = train_vaeforge(name, args)
+    else:
+        train = load_split(args.shards, "train")
+        model = train_baseline(train, args) if name == "baseline" else train_pythae(name[len("pythae_"):], train, args)
+    metrics = evaluate(model, load_split(args.shards, "val"), LPIPS("alex", args.lpips_weights), args.samples)
+    return Result(name, round(model.params / 1e6, 2), round(model.images / model.seconds, 1), model.steps,
+                  **{k: round(v, 4) for k, v in metrics.items()})
+
+
+# ----- orchestration ---------------------------------------------------------------------------------------------
+def table(results: list[Result]) -> str:
+    rows = [COLUMNS, tuple("---" for _ in COLUMNS), *[tuple(str(v) for v in asdict(r).values()) for r in results]]
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shards", type=Path, default=Path("data/lfw64"), help="folder from vaeforge prepare")
+    parser.add_argument("--budget-seconds", type=float, default=600.0, help="training wall-clock per model")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads per model")
+    parser.add_argument("--lpips-weights", default=None, help="lpips_alexnet.safetensors (default: found as usual)")
+    parser.add_argument("--samples", type=int, default=2000, help="prior samples for the Frechet distance")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_quality"))
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # train + evaluate one model, then exit
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.worker:
+        result = run_one(args.worker, args)
+        (args.out / f"{args.worker}.json").write_text(json.dumps(asdict(result), indent=1))
+        return
+    names = [n for n in args.models.split(",") if n]
+    unknown = sorted(set(names) - set(MODELS) - set(available_recipes()))
+    if unknown:
+        parser.error(f"unknown models {unknown} (valid: {', '.join(MODELS)}, or any vaeforge recipe)")
+    results = []
+    for name in names:  # one process per model: fresh threads and memory, nothing shared between contestants
+        subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker", name], check=True,
+                       env={**os.environ, "TQDM_DISABLE": "1"})
+        results.append(Result(**json.loads((args.out / f"{name}.json").read_text())))
+    report = f"budget {args.budget_seconds:g} s per model, {args.threads} threads\n\n{table(results)}\n"
+    (args.out / "results.md").write_text(report)
+    (args.out / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
+    print(report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""``perceptual``: LPIPS v0.1 (AlexNet or VGG16) between the reconstruction and the clean target.
+
+Scale: LPIPS is a per-image distance (about 0.1-0.5 for VAE reconstructions). ``reduction=sum`` (default)
+multiplies it by the number of values in the image (C x H x W), i.e. LPIPS counted at every pixel as in
+latent-diffusion's L1 + LPIPS loss, so it sits on the same scale as ``recon`` with ``reduction=sum`` and the
+term's weight is the balance between the two; ``reduction=mean`` leaves the plain distance. Batch mean always.
+
+The frozen LPIPS network is not part of the module tree: it is not trained, synchronised or checkpointed
+(only its weights file is named in the config). Gradients flow through it to the reconstruction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vaeforge.api import LPIPS, ConfigError, LossTerm, LossValue, VAEOutput, register_loss
+
+REDUCTIONS = ("sum", "mean")
+
+
+@dataclass
+class PerceptualConfig:
+    net: str = "alex"  # alex | vgg
+    weights: str = ""  # safetensors file; empty: $VAEFORGE_LPIPS_WEIGHTS/ or ~/.cache/vaeforge/
+    reduction: str = "sum"  # sum: LPIPS x (C x H x W), on recon's sum scale | mean: the plain distance
+
+
+@register_loss("perceptual", config=PerceptualConfig)
+class Perceptual(LossTerm):
+    def __init__(self, cfg: PerceptualConfig) -> None:
+        super().__init__()
+        if cfg.reduction not in REDUCTIONS:
+            raise ConfigError(f"perceptual: unknown reduction '{cfg.reduction}' (valid: {', '.join(REDUCTIONS)})")
+        self.cfg = cfg
+        self._lpips = (LPIPS(cfg.net, cfg.weights or None),)  # a tuple keeps it out of the module tree
+
+    def lpips(self, device: torch.device) -> LPIPS:
+        """The LPIPS network, moved to ``device`` on first use there."""
+        net = self._lpips[0]
+        if net.shift.device != device:
+            net.to(device)
+        return net
+
+    def forward(self, out: VAEOutput, target: torch.Tensor, step: int) -> LossValue:
+        distance = self.lpips(target.device)(out.recon, target)
+        scale = target[0].numel() if self.cfg.reduction == "sum" else 1
+        return LossValue(distance.mean() * scale, {"lpips": distance.mean()})

@@ -1,0 +1,184 @@
+"""Scale-out on CPU, through the shipped accelerate configs: DDP, DeepSpeed ZeRO-2 and ZeRO-3 with 2 processes
+train on the real LFW shards, agree with a 1-process computation on the same global batches, and resume from
+their own checkpoints; bf16 tracks fp32; launches that would silently run another setup are refused."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from helpers import BIN, PY, TINY, env, free_port, run
+
+REPO = Path(__file__).resolve().parents[1]
+# DeepSpeed JIT-compiles a comm op on first use (~40 s, once per machine): keep it in a stable cache folder.
+EXTENSIONS = os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "vaeforge" / "torch_extensions"))
+
+# Parameters after the same optimizer steps on the same global batches (fp32 AdamW, lr 1e-3, steps of ~1e-3):
+# each 2-process run vs the 1-process reference, max absolute difference. The comparison uses the MLP recipe:
+# conv biases in front of a GroupNorm get gradients that are pure rounding noise, which Adam turns into
+# lr-sized steps of random sign, so they cannot agree between any two summation orders.
+PARAM_ATOL = 1e-6
+# bf16 autocast vs fp32 over the same 40 steps: train/loss at every logged step within this relative gap.
+BF16_LOSS_RTOL = 0.005
+
+COMPARE = [
+    "recipe=lfw_mlp", "model.latent_dim=16", "model.backbone.args.hidden=[64,32]", "data.batch_size=16",
+    "data.num_workers=0", "data.val_max_batches=2", "data.val_batch_size=32", "trainer.log_every=4",
+    "trainer.progress=false", "optim.schedule=constant", "optim.warmup_steps=0", "trainer.audit_samples=true",
+    "trainer.val_every=4", "trainer.image_every=4", "trainer.checkpoint_every=0",
+]
+STEPS = (4, 8)  # first launch trains to 4 (its final checkpoint), the second resumes from it to 8
+
+
+def accelerate(config: str, *args: str, **kw) -> subprocess.CompletedProcess:
+    """``accelerate launch --config_file recipes/accelerate/<config>.yaml -m vaeforge.train ...`` from the repo."""
+    cmd = [str(BIN / "accelerate"), "launch", "--config_file", f"recipes/accelerate/{config}.yaml",
+           "--main_process_port", str(free_port()), "-m", "vaeforge.train", *args]
+    return run(cmd, cwd=REPO, env=env(TORCH_EXTENSIONS_DIR=EXTENSIONS, GLOO_SOCKET_IFNAME="lo"), **kw)
+
+
+def concurrently(commands: list[tuple[list[str], dict[str, str]]]) -> list[subprocess.CompletedProcess]:
+    """Run (command, extra environment) pairs side by side; stdout and stderr merged into ``stdout``."""
+    procs = [subprocess.Popen(cmd, env=env(**extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for cmd, extra in commands]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    return [subprocess.CompletedProcess(p.args, p.returncode, out, "") for p, out in zip(procs, outputs)]
+
+
+def audited_keys(run_dir: Path, world: int) -> list[list[list[str]]]:
+    """keys[step][rank]: the samples each rank trained on at each step (from ``trainer.audit_samples``)."""
+    per_rank = [[line.split()[2:] for line in (run_dir / "audit" / f"samples_rank{r}.txt").read_text().splitlines()]
+                for r in range(world)]
+    return [list(step) for step in zip(*per_rank)]
+
+
+def images_by_key(shards: Path, wanted: set[str]) -> dict[str, torch.Tensor]:
+    from vaeforge.data.loader import eval_batches
+    from vaeforge.data.manifest import read_manifest, shard_paths
+
+    found: dict[str, torch.Tensor] = {}
+    for batch in eval_batches(shard_paths(shards, read_manifest(shards), "train"), 256, 0, 1):
+        found.update({k: img for k, img in zip(batch["key"], batch["image"]) if k in wanted})
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+def one_process_reference(shards: Path, keys: list[list[list[str]]], overrides: list[str]) -> list[dict]:
+    """The 1-process computation of the same training: at every step the global batch is the union of the
+    ranks' batches, each half with the latent noise its rank drew (seeded like the engine), gradients averaged,
+    clipped, one AdamW step, one EMA update. Returns the model and EMA weights after each step."""
+    from accelerate.utils import set_seed
+    from timm.utils import ModelEmaV3
+
+    from vaeforge.losses import LossSet
+    from vaeforge.model import ImageSpec, build_model
+    from vaeforge.train.__main__ import resolve_config
+    from vaeforge.train.engine import TrainModule, to_float
+
+    cfg = resolve_config([*overrides, f"data.shards={shards}"])
+    world = len(keys[0])
+    images = images_by_key(shards, {k for step in keys for rank in step for k in rank})
+    set_seed(cfg.trainer.seed)
+    module = TrainModule(build_model(cfg.model, ImageSpec(64, 3)), LossSet(cfg.losses))
+    ema = ModelEmaV3(module.vae, decay=cfg.trainer.ema_decay, use_warmup=True)
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                  weight_decay=cfg.optim.weight_decay)
+    rng = []
+    for rank in range(world):
+        set_seed(cfg.trainer.seed + rank)
+        rng.append(torch.get_rng_state())
+    history = []
+    for step, ranks in enumerate(keys):
+        optimizer.zero_grad(set_to_none=True)
+        for rank, batch_keys in enumerate(ranks):
+            torch.set_rng_state(rng[rank])
+            x = to_float(torch.stack([images[k] for k in batch_keys]))
+            total, _, _ = module(x, x, step)
+            (total / world).backward()
+            rng[rank] = torch.get_rng_state()
+        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        optimizer.step()
+        ema.update(module.vae, step=step)
+        history.append({"model": {k: v.clone() for k, v in module.vae.state_dict().items()},
+                        "ema": {k: v.clone() for k, v in ema.module.state_dict().items()}})
+    return history
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+@pytest.mark.parametrize("config", ["ddp", "zero2", "zero3"])
+def test_two_processes_agree_with_one_process_and_resume(config, lfw64, tmp_path):
+    run_dir = tmp_path / config
+    args = [*COMPARE, f"data.shards={lfw64}", f"run_dir={run_dir}"]
+    accelerate(config, *args, f"trainer.max_steps={STEPS[0]}")
+    resumed = accelerate(config, *args, "resume=true", f"trainer.max_steps={STEPS[1]}")
+    assert f"resumed from {run_dir / 'checkpoints' / f'step_{STEPS[0]:08d}'}" in resumed.stdout + resumed.stderr
+
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["world_size"] == 2 and info["backend"] == "gloo" and len(info["devices"]) == 2
+    assert all(d.startswith("cpu") for d in info["devices"])
+    stage = {"ddp": None, "zero2": 2, "zero3": 3}[config]
+    assert info["distributed_type"] == ("MULTI_CPU" if stage is None else "DEEPSPEED")
+    assert (info["deepspeed"] or {}).get("zero_stage") == stage
+    digests = {(run_dir / "audit" / f"params_rank{r}.txt").read_text() for r in range(2)}
+    assert len(digests) == 1  # every rank ends with the same whole weights
+
+    keys = audited_keys(run_dir, 2)
+    assert len(keys) == STEPS[1]
+    reference = one_process_reference(lfw64, keys, COMPARE)
+    for step in STEPS:
+        folder = run_dir / "checkpoints" / f"step_{step:08d}"
+        assert (folder / "deepspeed.json").exists() == (stage is not None)
+        for part in ("model", "ema"):
+            gap = max_difference(load_file(str(folder / f"{part}.safetensors")), reference[step - 1][part])
+            print(f"{config} step {step} {part}: max |2-process - 1-process| = {gap:.2e}")
+            assert gap < PARAM_ATOL, (config, step, part, gap)
+
+
+def final_losses(run_dir: Path) -> list[tuple[int, float]]:
+    tb = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    tb.Reload()
+    return [(e.step, e.value) for e in tb.Scalars("train/loss")]
+
+
+def test_bf16_on_cpu_tracks_fp32(lfw64, tmp_path):
+    """Same seed, data and steps: bf16 autocast's loss stays within BF16_LOSS_RTOL of fp32's at every log."""
+    runs = {"no": tmp_path / "fp32", "bf16": tmp_path / "bf16"}
+    args = [*TINY, f"data.shards={lfw64}", "trainer.max_steps=40", "trainer.val_every=0", "trainer.image_every=0"]
+    finished = concurrently([
+        ([PY, "-m", "vaeforge.train", *args, f"run_dir={runs['no']}"], {}),
+        ([PY, "-m", "vaeforge.train", *args, f"run_dir={runs['bf16']}", "trainer.mixed_precision=bf16"], {}),
+    ])
+    assert all(proc.returncode == 0 for proc in finished), [proc.stdout[-3000:] for proc in finished]
+    assert json.loads((runs["bf16"] / "run.json").read_text())["mixed_precision"] == "bf16"
+    fp32, bf16 = final_losses(runs["no"]), final_losses(runs["bf16"])
+    assert [s for s, _ in fp32] == [s for s, _ in bf16] == list(range(5, 45, 5))
+    gaps = [abs(b - a) / abs(a) for (_, a), (_, b) in zip(fp32, bf16)]
+    print("bf16 vs fp32 relative loss gap per log:", " ".join(f"{g:.4f}" for g in gaps))
+    assert max(gaps) < BF16_LOSS_RTOL
+    assert fp32[-1][1] < 0.9 * fp32[0][1] and bf16[-1][1] < 0.9 * bf16[0][1]  # both actually train
+
+
+def test_launches_that_would_silently_differ_are_refused(lfw64, tmp_path):
+    args = [*TINY, f"data.shards={lfw64}", f"run_dir={tmp_path / 'run'}", "trainer.max_steps=2"]
+    cpu_trap, fp16, disagree = concurrently([
+        ([str(BIN / "accelerate"), "launch", "--cpu", "--num_processes", "2", "--main_process_ip", "127.0.0.1",
+          "--main_process_port", str(free_port()), "-m", "vaeforge.train", *args], {}),
+        ([PY, "-m", "vaeforge.train", *args, "trainer.mixed_precision=fp16"], {}),
+        ([PY, "-m", "vaeforge.train", *args], {"ACCELERATE_MIXED_PRECISION": "bf16"}),
+    ])
+    assert cpu_trap.returncode != 0 and "accelerate launch --cpu starts ONE process" in cpu_trap.stdout
+    assert fp16.returncode == 2 and "fp16 needs a GPU" in fp16.stdout
+    assert disagree.returncode == 2 and "the launcher asked for mixed precision 'bf16'" in disagree.stdout
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -1,0 +1,98 @@
+"""``vaeforge submit`` on a real one-node SLURM cluster (slurm/local-cluster.sh, loopback only): a 1-node 2-task
+job trains, is preempted (USR2, as SLURM sends before a time limit), checkpoints, requeues itself and resumes to
+the end with the step count continuing; ``--dry-run`` prints the sbatch script and the launch."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers import BIN, TINY, env, run
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = REPO / "slurm" / "local-cluster.sh"
+SLURM_DIR = Path(os.environ.get("VAEFORGE_SLURM_DIR", "/tmp/vaeforge-slurm"))
+
+
+def cluster(action: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(CLUSTER), action], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "VAEFORGE_SLURM_DIR": str(SLURM_DIR)})
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[dict[str, str]]:
+    """The local cluster for the session (installed with apt-get if missing); taken down after, unless it was
+    already up. Yields the environment clients need."""
+    if os.geteuid() != 0:
+        pytest.fail("the local SLURM cluster needs root (CI runs as root)")
+    was_up = cluster("status").returncode == 0
+    if not was_up:
+        started = cluster("up")
+        assert started.returncode == 0, started.stdout + started.stderr
+    yield env(SLURM_CONF=str(SLURM_DIR / "slurm.conf"))
+    if not was_up:
+        cluster("down")
+
+
+def submit(*args: str, **kw) -> subprocess.CompletedProcess:
+    return run([str(BIN / "vaeforge"), "submit", *args], **kw)
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def in_queue(job_id: str, slurm_env: dict[str, str]) -> bool:
+    return bool(subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True,
+                               env=slurm_env).stdout.strip())
+
+
+def test_dry_run_prints_the_sbatch_script_and_the_launch(tmp_path):
+    run_dir = tmp_path / "run"
+    out = submit("recipe=lfw_unet", "data.shards=data/lfw64", f"run_dir={run_dir}", "slurm=local",
+                 "slurm.nodes=2", "slurm.gpus_per_node=4", "slurm.tasks_per_node=0", "slurm.partition=gpu",
+                 "slurm.account=vision", "slurm.deepspeed=zero3", "slurm.time_min=90", "--dry-run").stdout
+    for line in ["#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --partition=gpu", "#SBATCH --account=vision", "#SBATCH --time=90",
+                 "#SBATCH --signal=USR2@30", f"#SBATCH --output={run_dir}/slurm/%j_0_log.out",
+                 "export GLOO_SOCKET_IFNAME=lo", "-m submitit.core._submit"]:
+        assert line in out, line
+    assert "MASTER_ADDR=127.0.0.1" in out and "WORLD_SIZE=8" in out and "ACCELERATE_USE_DEEPSPEED=true" in out
+    assert re.search(r"ACCELERATE_DEEPSPEED_CONFIG_FILE=\S+/deepspeed/zero3\.json", out)
+    assert f"-m vaeforge.train recipe=lfw_unet data.shards=data/lfw64 run_dir={run_dir} resume=true" in out
+    assert not run_dir.exists()  # nothing submitted, nothing written
+    wrong = submit("recipe=lfw_unet", "slurm=locl", "--dry-run", check=False)
+    assert wrong.returncode == 2 and "unknown slurm profile 'locl'" in wrong.stderr and "'local'" in wrong.stderr
+
+
+def test_two_task_job_trains_is_preempted_requeues_and_resumes(slurm_cluster, lfw64, tmp_path):
+    run_dir = tmp_path / "run"
+    out = submit(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", "trainer.max_steps=30",
+                 "trainer.checkpoint_every=5", "trainer.val_every=0", "trainer.image_every=0", "slurm=local",
+                 env=slurm_cluster).stdout
+    job_id = re.search(r"submitted job (\d+)", out).group(1)
+    wait_until(lambda: (run_dir / "checkpoints" / "step_00000005").is_dir(), 240, "the first checkpoint")
+    run(["scancel", "--signal=USR2", job_id], env=slurm_cluster)  # what SLURM sends signal_delay_s before the limit
+    wait_until(lambda: not in_queue(job_id, slurm_cluster), 300, "the requeued job to finish")
+
+    logs = "".join(p.read_text() for p in sorted((run_dir / "slurm").glob(f"{job_id}_0_log.*")))
+    stopped = int(re.search(r"stopping at step (\d+) \(signal\)", logs).group(1))
+    assert 5 <= stopped < 30
+    assert "this job is preempted" in logs and f"Requeued job {job_id}" in logs
+    assert f"resumed from {run_dir / 'checkpoints' / f'step_{stopped:08d}'} (step {stopped}" in logs
+    state = json.loads((run_dir / "checkpoints" / "step_00000030" / "state.json").read_text())
+    assert state["step"] == 30 and state["images_seen"] == 30 * 32 and state["world_size"] == 2
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["world_size"] == 2 and info["slurm_job_id"] == job_id and info["backend"] == "gloo"
+    assert {p.name for p in (run_dir / "slurm").glob(f"{job_id}_*_log.out")} == {f"{job_id}_0_log.out",
+                                                                               f"{job_id}_1_log.out"}

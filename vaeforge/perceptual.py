@@ -1,0 +1,174 @@
+"""LPIPS v0.1 (Zhang et al., 2018): a perceptual distance from ImageNet features with learned 1x1 heads.
+
+The recipe: images in [-1, 1] -> LPIPS scaling layer -> AlexNet or VGG16 convolutional trunk -> the activations
+after chosen ReLUs, each unit-normalised over channels -> squared difference -> a 1x1 head per layer ->
+spatial mean -> sum over layers. Weights come from a safetensors file holding torchvision's ``features.<N>``
+tensors and the heads ``lin0`` .. ``lin4`` (the layout of ``../shared/weights``); pickles are never loaded.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from .errors import ConfigError, DataError
+
+ENV_WEIGHTS = "VAEFORGE_LPIPS_WEIGHTS"  # a folder holding lpips_alexnet.safetensors / lpips_vgg16.safetensors
+SHIFT = (-0.030, -0.088, -0.188)  # the LPIPS scaling layer, applied to inputs in [-1, 1]
+SCALE = (0.458, 0.448, 0.450)
+EPS = 1e-10  # as in the reference implementation's unit-normalisation
+
+POOL = "pool"
+
+
+@dataclass(frozen=True)
+class TrunkSpec:
+    """A torchvision ``features`` stack: conv layers ``(out_channels, kernel, stride, padding)`` each followed
+    by a ReLU, and max-pools; ``taps`` are the ``features.<N>`` indices of the ReLUs LPIPS compares."""
+
+    file: str
+    layers: tuple[tuple[int, int, int, int] | str, ...]
+    pool: tuple[int, int]  # max-pool (kernel, stride)
+    taps: tuple[int, ...]
+
+
+def _vgg_layers() -> tuple[tuple[int, int, int, int] | str, ...]:
+    widths = (64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL, 512, 512, 512)
+    return tuple(w if w == POOL else (w, 3, 1, 1) for w in widths)
+
+
+NETS = {
+    "alex": TrunkSpec(
+        "lpips_alexnet.safetensors",
+        ((64, 11, 4, 2), POOL, (192, 5, 1, 2), POOL, (384, 3, 1, 1), (256, 3, 1, 1), (256, 3, 1, 1)),
+        (3, 2), (1, 4, 7, 9, 11),
+    ),
+    "vgg": TrunkSpec("lpips_vgg16.safetensors", _vgg_layers(), (2, 2), (3, 8, 15, 22, 29)),
+}
+
+
+def _check_net(net: str) -> TrunkSpec:
+    if net not in NETS:
+        raise ConfigError(f"unknown LPIPS net '{net}' (valid: {', '.join(NETS)})")
+    return NETS[net]
+
+
+def cache_dir() -> Path:
+    """Where vaeforge looks for downloaded or user-placed files: ``$XDG_CACHE_HOME/vaeforge`` or ~/.cache."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vaeforge"
+
+
+def find_lpips_weights(net: str, explicit: str | Path | None = None) -> Path:
+    """The LPIPS weights file for ``net``: ``explicit``, else in ``$VAEFORGE_LPIPS_WEIGHTS``, else in the cache.
+
+    There is no download: the official LPIPS weights are published only as pickles (``.pth``), which vaeforge
+    does not load, and no verified safetensors copy is published.
+    """
+    spec = _check_net(net)
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise DataError(f"LPIPS weights file {path} not found")
+        return path
+    folder = os.environ.get(ENV_WEIGHTS)
+    if folder:
+        path = Path(folder) / spec.file
+        if not path.is_file():
+            raise DataError(f"{ENV_WEIGHTS}={folder} has no {spec.file}")
+        return path
+    path = cache_dir() / spec.file
+    if path.is_file():
+        return path
+    raise DataError(
+        f"no LPIPS weights for '{net}': pass the file ({spec.file}, safetensors) explicitly, set {ENV_WEIGHTS} "
+        f"to its folder, or put it in {path.parent} (the official weights are pickles, which vaeforge does not "
+        "load, and no safetensors copy can be downloaded)"
+    )
+
+
+def build_trunk(spec: TrunkSpec) -> nn.Sequential:
+    """The torchvision ``features`` layers up to the last tap, with torchvision's ``features.<N>`` indices."""
+    layers: list[nn.Module] = []
+    channels = 3
+    for layer in spec.layers:
+        if layer == POOL:
+            layers.append(nn.MaxPool2d(*spec.pool))
+            continue
+        out, kernel, stride, padding = layer  # type: ignore[misc]
+        layers += [nn.Conv2d(channels, out, kernel, stride, padding), nn.ReLU(inplace=False)]
+        channels = out
+    return nn.Sequential(*layers[: spec.taps[-1] + 1])
+
+
+def _tap_channels(trunk: nn.Sequential, taps: tuple[int, ...]) -> list[int]:
+    """Channels of each tapped activation: those of the last convolution before it."""
+    convs = [(i, m.out_channels) for i, m in enumerate(trunk) if isinstance(m, nn.Conv2d)]
+    return [max((i, c) for i, c in convs if i < tap)[1] for tap in taps]
+
+
+def _file_key(name: str) -> str:
+    """Our parameter name -> the weights file's: ``trunk.N.*`` -> ``features.N.*``, ``heads.i.*`` -> ``lini.*``."""
+    if name.startswith("heads."):
+        index, rest = name[len("heads."):].split(".", 1)
+        return f"lin{index}.{rest}"
+    return "features." + name[len("trunk."):]
+
+
+def unit_normalise(features: torch.Tensor) -> torch.Tensor:
+    """Divide each spatial position's feature vector by its L2 norm over channels (in float32: under fp16
+    autocast the squares could overflow and EPS would round to 0)."""
+    features = features.float()
+    return features / (features.square().sum(1, keepdim=True).sqrt() + EPS)
+
+
+class LPIPS(nn.Module):
+    """LPIPS v0.1 distance between images in [0, 1]; frozen weights, gradients flow to the inputs."""
+
+    def __init__(self, net: str = "alex", weights: str | Path | None = None) -> None:
+        super().__init__()
+        spec = _check_net(net)
+        self.net, self.taps = net, spec.taps
+        self.trunk = build_trunk(spec)
+        self.heads = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in _tap_channels(self.trunk, spec.taps))
+        self.register_buffer("shift", torch.tensor(SHIFT).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.tensor(SCALE).view(1, 3, 1, 1), persistent=False)
+        self._load(find_lpips_weights(net, weights))
+        self.eval().requires_grad_(False)
+
+    def _load(self, path: Path) -> None:
+        """Load the trunk's ``features.<N>`` tensors and the heads; a wrong file fails naming it."""
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise DataError(f"LPIPS weights {path}: not a readable safetensors file ({exc})") from None
+        ours = {_file_key(k): k for k in self.state_dict()}
+        missing = sorted(set(ours) - set(state))
+        if missing:
+            raise DataError(f"LPIPS weights {path} lack {', '.join(missing[:3])} (not LPIPS-{self.net} weights?)")
+        try:
+            self.load_state_dict({ours[k]: state[k] for k in ours})
+        except RuntimeError as exc:
+            raise DataError(f"LPIPS weights {path} do not fit LPIPS-{self.net}: {str(exc).splitlines()[-1]}") from None
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The tapped activations (after the scaling layer) of images ``x`` in [0, 1], shallowest first."""
+        h = (x * 2.0 - 1.0 - self.shift) / self.scale
+        taps, out = set(self.taps), []
+        for i, layer in enumerate(self.trunk):
+            h = layer(h)
+            if i in taps:
+                out.append(h)
+        return out
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Distance of each image pair ``[B]`` (both batches in [0, 1], one trunk pass for both)."""
+        total = torch.zeros(x.shape[0], device=x.device)
+        for feats, head in zip(self.features(torch.cat([x, y])), self.heads):
+            fx, fy = unit_normalise(feats).chunk(2)
+            total = total + head((fx - fy).square()).mean((1, 2, 3)).float()
+        return total

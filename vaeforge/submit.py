@@ -1,0 +1,251 @@
+"""``python -m vaeforge.submit recipe=NAME slurm=PROFILE [slurm.key=value ...] [training key=value ...] [--dry-run]``
+
+One SLURM job (through submitit) that trains on every node, checkpoints and requeues itself on preemption or
+time-out, and resumes where it stopped. Every SLURM task is one training process: rank ``SLURM_PROCID``, local
+rank ``SLURM_LOCALID``, world size nodes x tasks per node, rendezvous on the job's first node (or the profile's
+``master_addr``) at a port derived from the job id. All ranks use the same run folder, resolved once here; the
+SLURM logs go to ``<run_dir>/slurm/``.
+
+Preemption: SLURM signals USR2 (``signal_delay_s`` before the time limit, or ``scancel --signal=USR2``); task 0's
+submitit handler calls :meth:`TrainJob.checkpoint`, which sends SIGTERM to its training process (the engine ends
+the step, all ranks agree to stop and write a checkpoint) and returns the same job, which submitit requeues. The
+job always trains with ``resume=true``, so a requeue for any other reason also continues from the last
+checkpoint. Training processes ignore USR2 themselves. Submitit pickles the job into the run folder and the job
+unpickles it: submit only to run folders you control.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import zlib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, List, Optional
+
+import yaml
+
+from .cli_args import parse_overrides, user_errors_exit
+from .config import validate_plugin_args
+from .errors import ConfigError, VaeforgeError, did_you_mean
+from .train import checkpoint as ckpt
+
+DRY_RUN = "--dry-run"
+LOG_DIR = "slurm"
+
+
+@dataclass
+class SlurmConfig:
+    """A cluster profile (``slurm/<name>.yaml``) with ``slurm.<key>=value`` overrides on top."""
+
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    constraint: Optional[str] = None
+    qos: Optional[str] = None
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: int = 0  # training processes per node; 0: one per GPU (one without GPUs)
+    cpus_per_task: int = 4
+    mem_gb: Optional[int] = None  # per node; None: the partition's default
+    time_min: int = 60
+    signal_delay_s: int = 120  # USR2 this long before the time limit: checkpoint and requeue
+    max_requeues: int = 3  # time-outs survived by requeueing (preemptions do not count)
+    deepspeed: Optional[str] = None  # train under DeepSpeed: a config of recipes/deepspeed (zero2, zero3) or a path
+    master_addr: Optional[str] = None  # rendezvous address; None: the job's first node
+    setup: List[str] = field(default_factory=list)  # shell lines run before training (modules, venv, exports)
+    slurm_conf: Optional[str] = None  # SLURM_CONF for sbatch/scontrol when the environment has none
+    job_name: str = "vaeforge"
+
+    @property
+    def processes_per_node(self) -> int:
+        return self.tasks_per_node or max(1, self.gpus_per_node)
+
+
+def profile_dirs() -> list[Path]:
+    """Where ``slurm=NAME`` is looked up: ./slurm, then the slurm/ folder of the vaeforge source tree."""
+    return [Path.cwd() / "slurm", Path(__file__).resolve().parents[1] / "slurm"]
+
+
+def available_profiles() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for folder in reversed(profile_dirs()):
+        found.update({p.stem: p for p in sorted(folder.glob("*.yaml"))})
+    return found
+
+
+def read_profile(name: str) -> dict[str, Any]:
+    """A profile by name or path, as plain data."""
+    path = Path(name) if name.endswith(".yaml") else available_profiles().get(name)
+    if path is None or not path.is_file():
+        raise ConfigError(f"unknown slurm profile '{name}' ({did_you_mean(name, available_profiles())})")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"slurm profile {path}: must be a mapping of keys to values")
+    return data
+
+
+def slurm_config(args: dict[str, Any]) -> SlurmConfig:
+    """``slurm=PROFILE`` and ``slurm.key=value`` arguments -> a validated :class:`SlurmConfig`."""
+    profile = read_profile(str(args["slurm"])) if "slurm" in args else {}
+    overrides = {k[len("slurm."):]: v for k, v in args.items() if k.startswith("slurm.")}
+    where = f"slurm profile '{args['slurm']}'" if "slurm" in args else "slurm options"
+    cfg: SlurmConfig = validate_plugin_args(SlurmConfig, {**profile, **overrides}, where)
+    if cfg.nodes < 1 or cfg.processes_per_node < 1 or cfg.time_min < 1:
+        raise ConfigError("slurm.nodes, slurm.tasks_per_node and slurm.time_min must be at least 1")
+    return cfg
+
+
+def deepspeed_config_file(name: str) -> Path:
+    """``zero2`` / ``zero3`` (shipped in recipes/deepspeed) or a path to a DeepSpeed JSON config."""
+    shipped = Path(str(resources.files("vaeforge.recipes"))) / "deepspeed"
+    path = Path(name) if name.endswith(".json") else shipped / f"{name}.json"
+    if not path.is_file():
+        choices = [p.stem for p in shipped.glob("*.json")]
+        raise ConfigError(f"unknown DeepSpeed config '{name}' ({did_you_mean(name, choices)})")
+    return path.resolve()
+
+
+def master_port(job_id: str) -> int:
+    """The rendezvous port of a job: the same on every node and after every requeue."""
+    return 20000 + zlib.crc32(job_id.encode()) % 30000
+
+
+def rank_environment(master_addr: str | None) -> dict[str, str]:
+    """torch.distributed's ``env://`` variables for this SLURM task (called inside the job)."""
+    import submitit
+
+    job = submitit.JobEnvironment()
+    return {
+        "MASTER_ADDR": master_addr or job.hostnames[0],
+        "MASTER_PORT": str(master_port(str(job.job_id))),
+        "RANK": str(job.global_rank),
+        "LOCAL_RANK": str(job.local_rank),
+        "WORLD_SIZE": str(job.num_tasks),
+        "LOCAL_WORLD_SIZE": str(job.num_tasks // job.num_nodes),
+        "GROUP_RANK": str(job.node),
+    }
+
+
+def _ignore_usr2() -> None:
+    """In the training process: USR2 is task 0's business (submitit's checkpoint handler)."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+@dataclass
+class TrainJob:
+    """What every SLURM task runs: one training process of the job, as a child process."""
+
+    overrides: list[str]  # training key=value arguments (run_dir and resume are added)
+    run_dir: str  # absolute: the same folder for every rank
+    env: dict[str, str]  # the same on every rank (DeepSpeed selection)
+    master_addr: str | None
+
+    def command(self) -> list[str]:
+        """Always ``resume=true``: a requeued job, for whatever reason, continues from the last checkpoint."""
+        return [sys.executable, "-m", "vaeforge.train", *self.overrides, f"run_dir={self.run_dir}", "resume=true"]
+
+    def __call__(self) -> dict[str, Any]:
+        """Train on this rank; returns the state of the last checkpoint."""
+        env = {**os.environ, **self.env, **rank_environment(self.master_addr)}
+        self._child = subprocess.Popen(self.command(), env=env, preexec_fn=_ignore_usr2)
+        code = self._child.wait()
+        if code != 0:
+            raise VaeforgeError(f"rank {env['RANK']}: training exited with status {code} (see this task's log)")
+        latest = ckpt.latest_checkpoint(Path(self.run_dir))
+        return json.loads((latest / "state.json").read_text()) if latest else {}
+
+    def checkpoint(self) -> Any:
+        """Preemption or time-out (task 0): let the training write a checkpoint and stop, then requeue.
+
+        Runs in a signal handler while ``__call__`` may sit in ``Popen.wait`` holding the Popen's lock, so the
+        child is signalled and reaped with plain ``os`` calls."""
+        import submitit
+
+        child = getattr(self, "_child", None)
+        if child is not None and child.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGTERM)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(child.pid, 0)
+        return submitit.helpers.DelayedSubmission(dataclasses.replace(self))
+
+
+def training_job(train_args: list[str], slurm: SlurmConfig) -> TrainJob:
+    """Validate the training arguments now (fail before queueing) and fix the run folder for all ranks."""
+    from .train.__main__ import resolve_config
+
+    cfg = resolve_config(train_args)
+    run_dir = Path(str(cfg.run_dir)).resolve()
+    resume = bool(parse_overrides(train_args).get("resume", False))
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is not None and not resume:
+        raise VaeforgeError(f"run_dir {run_dir} already has checkpoints (latest {latest.name}): pass resume=true "
+                            "to continue it, or choose another run_dir")
+    kept = [a for a in train_args if not a.startswith(("run_dir=", "resume="))]
+    env = {}
+    if slurm.deepspeed:
+        env = {"ACCELERATE_USE_DEEPSPEED": "true",
+               "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(deepspeed_config_file(slurm.deepspeed))}
+    return TrainJob(kept, str(run_dir), env, slurm.master_addr)
+
+
+def executor(slurm: SlurmConfig, folder: Path) -> Any:
+    """A submitit SLURM executor with the profile's resources (nothing is created until submit)."""
+    import submitit
+
+    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=slurm.max_requeues)
+    params = {
+        "job_name": slurm.job_name, "partition": slurm.partition, "account": slurm.account,
+        "constraint": slurm.constraint, "qos": slurm.qos, "nodes": slurm.nodes,
+        "ntasks_per_node": slurm.processes_per_node, "cpus_per_task": slurm.cpus_per_task,
+        "gpus_per_node": slurm.gpus_per_node or None, "mem": f"{slurm.mem_gb}GB" if slurm.mem_gb else None,
+        "time": slurm.time_min, "signal_delay_s": slurm.signal_delay_s, "setup": list(slurm.setup),
+    }
+    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    return ex
+
+
+def describe_launch(job: TrainJob, slurm: SlurmConfig) -> str:
+    """The launch every task runs, in words and as a command line."""
+    world = slurm.nodes * slurm.processes_per_node
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in job.env.items())
+    return (
+        f"each of the {world} tasks ({slurm.nodes} node(s) x {slurm.processes_per_node}) runs one rank with\n"
+        f"  MASTER_ADDR={slurm.master_addr or '<first node of the job>'} MASTER_PORT=<20000..49999 from the job id> "
+        f"RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE={world} {env}\n"
+        f"  {shlex.join(job.command())}"
+    )
+
+
+@user_errors_exit
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    dry_run = DRY_RUN in argv
+    args = parse_overrides([a for a in argv if a != DRY_RUN])
+    slurm = slurm_config(args)
+    train_args = [a for a in argv if a != DRY_RUN and not a.split("=", 1)[0].split(".")[0] == "slurm"]
+    job = training_job(train_args, slurm)
+    run_dir = Path(job.run_dir)
+    ex = executor(slurm, run_dir / LOG_DIR)
+    if dry_run:
+        print("# sbatch script (not submitted)")
+        print(ex._make_submission_file_text(ex._submitit_command_str, "dry-run"))
+        print("# launch")
+        print(describe_launch(job, slurm))
+        return
+    if slurm.slurm_conf and "SLURM_CONF" not in os.environ:
+        os.environ["SLURM_CONF"] = slurm.slurm_conf
+    submitted = ex.submit(job)
+    print(f"submitted job {submitted.job_id}: {slurm.nodes} node(s) x {slurm.processes_per_node} processes\n"
+          f"  run folder: {run_dir}\n  logs: {run_dir / LOG_DIR}/{submitted.job_id}_<task>_log.out|err\n"
+          f"  follow: squeue -j {submitted.job_id}")
+
+
+if __name__ == "__main__":
+    main()
