@@ -147,3 +147,16 @@ def test_a_few_hundred_steps_beat_the_mean_face(lfw64, tmp_path):
     mse_mean = float((mean_face - val).square().mean())
     print(f"val MSE: model {mse_model:.4f}, mean face {mse_mean:.4f}")
     assert mse_model < 0.6 * mse_mean
+
+
+def test_time_limit_and_gradient_accumulation(lfw64, tmp_path):
+    """trainer.max_time stops the run with a checkpoint; grad_accum=2 doubles the images per optimizer step."""
+    run_dir = tmp_path / "run"
+    train(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", "trainer.max_steps=100000", "trainer.max_time=6",
+          "trainer.grad_accum=2")
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["gradient_accumulation_steps"] == 2 and info["global_batch"] == 32
+    last = sorted((run_dir / CKPT).iterdir())[-1]
+    state = json.loads((last / "state.json").read_text())
+    assert 0 < state["step"] < 100000 and last.name == f"step_{state['step']:08d}"
+    assert state["images_seen"] == state["step"] * 32
