@@ -89,3 +89,28 @@ def test_raise_is_the_default_in_training_streams(faulty):
 
 def test_manifest_is_intact(faulty):
     assert json.loads((faulty / "manifest.json").read_text())["splits"]["train"]["count"] > 0
+
+
+def test_training_with_skip_counts_bad_data_and_finishes(faulty, tmp_path, tally):
+    """The engine end to end on four shards of which three are bad (truncated twice, garbage and wrong-size
+    samples): raise stops naming the shard; skip trains to the end and logs the count."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from helpers import TINY, train
+
+    data = tmp_path / "data"
+    shutil.copytree(faulty, data)
+    (data / "train-000003.tar").write_bytes((data / "train-000001.tar").read_bytes())
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"] = manifest["splits"]["train"]["shards"][:4]
+    manifest["splits"]["train"]["count"] = sum(s["count"] for s in manifest["splits"]["train"]["shards"])
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    args = [*TINY, f"data.shards={data}", "trainer.max_steps=40", "data.shuffle_buffer=16", "trainer.log_every=40"]
+    raised = train(*args, f"run_dir={tmp_path / 'raise'}", check=False)
+    assert raised.returncode == 2 and "vaeforge: error: shard" in raised.stderr and ".tar" in raised.stderr
+    train(*args, f"run_dir={tmp_path / 'skip'}", "data.on_error=skip")
+    acc = EventAccumulator(str(tmp_path / "skip" / "tb"))
+    acc.Reload()
+    assert acc.Scalars("train/data_skipped")[-1].value >= 1
+    tally["trials"] += 2
+    tally["faults"] += 4

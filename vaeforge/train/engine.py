@@ -27,7 +27,7 @@ from .. import __version__
 from ..config import save_config
 from ..data.corrupt import check as check_corruption
 from ..data.corrupt import corrupt
-from ..data.loader import StreamSpec, eval_batches, train_loader
+from ..data.loader import StreamSpec, check_on_error, eval_batches, train_loader
 from ..data.manifest import read_manifest, shard_paths
 from ..errors import ConfigError, VaeforgeError
 from ..losses import LossSet
@@ -90,6 +90,8 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.main = self.acc.is_main_process
         check_corruption(cfg.data.corruption)
+        check_on_error(cfg.data.on_error)
+        self.data_skipped = 0  # bad samples or shards skipped under data.on_error=skip since this process started
         self._lock_run_dir()
         self._refuse_overwrite()
         self.manifest = read_manifest(cfg.data.shards)
@@ -284,8 +286,8 @@ class Trainer:
         limit = self.cfg.data.val_max_batches
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.trainer.seed + 7919 * self.rank)
-            for i, batch in enumerate(eval_batches(self.val_shards, self.cfg.data.val_batch_size,
-                                                   self.rank, self.world)):
+            for i, batch in enumerate(eval_batches(self.val_shards, self.cfg.data.val_batch_size, self.rank,
+                                                   self.world, self.image.size, self.cfg.data.on_error)):
                 if limit and i >= limit:
                     break
                 x, x_in = self._inputs(batch["image"], -1 - i)
@@ -319,7 +321,8 @@ class Trainer:
         if not self.main:
             return
         vae.eval()
-        x = to_float(next(eval_batches(self.val_shards, 8, 0, 1))["image"].to(self.acc.device))
+        x = to_float(next(eval_batches(self.val_shards, 8, 0, 1, self.image.size, self.cfg.data.on_error)
+                          )["image"].to(self.acc.device))
         z = torch.randn(16, vae.latent_dim, generator=torch.Generator().manual_seed(0)).to(self.acc.device)
         self.monitor.grid("images/reconstruction", torch.cat([x, vae.decode(vae.encode(x)[0])]), self.state.step,
                           nrow=x.shape[0])
@@ -330,7 +333,7 @@ class Trainer:
     def _stream(self, epoch: int):
         d = self.cfg.data
         spec = StreamSpec(tuple(self.train_shards), d.batch_size, self.batches_per_epoch, self.rank, self.world,
-                          self.cfg.trainer.seed, epoch, d.shuffle_buffer)
+                          self.cfg.trainer.seed, epoch, d.shuffle_buffer, self.image.size, d.on_error)
         return train_loader(spec, d.num_workers)
 
     def _inputs(self, images: torch.Tensor, salt: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -387,6 +390,7 @@ class Trainer:
                 tick = time.monotonic()
                 batch = next(batches)
                 data_wait += time.monotonic() - tick
+                self.data_skipped += int(batch["skipped"])
                 self._audit(batch["key"])
                 x, x_in = self._inputs(batch["image"], s.step)
                 with self.acc.accumulate(self.model):
@@ -466,6 +470,8 @@ class Trainer:
             "train/lr": self.scheduler.get_last_lr()[0],
             "train/grad_norm": grad_norm,
             "train/nonfinite_skipped": s.nonfinite_skipped,
+            "train/data_skipped": float(self.acc.reduce(torch.tensor(float(self.data_skipped), device=self.acc.device),
+                                                        reduction="sum")),
             "train/active_units": active_units(kl_dims),
             "perf/images_per_sec": images_per_sec,
             "perf/data_wait_fraction": wait_fraction,
