@@ -43,7 +43,8 @@ def launch(config: str, threads: int, out: Path, train_args: list[str]) -> None:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", f"recipes/accelerate/{config}.yaml",
            "--main_process_port", str(free_port()), "--num_cpu_threads_per_process", str(threads),
            str(Path(__file__).resolve()), "--worker", str(out), *train_args]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1", "GLOO_SOCKET_IFNAME": "lo",
+           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))}
     subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -82,8 +83,8 @@ def throughput(data: Path, steps: int, batch: int, tmp: Path) -> None:
     print(f"\n### Images/s, lfw_unet, batch {batch} per process, {steps} steps, 2 CPU cores in total\n")
     print("| launch | processes x threads | global batch | images/s | per process |")
     print("|---|---|---|---|---|")
-    for config, procs, threads in [("single", 1, 2), ("ddp", 2, 1), ("zero2", 2, 1)]:
-        out = tmp / f"speed-{config}"
+    for config, procs, threads in [("single", 1, 1), ("single", 1, 2), ("ddp", 2, 1), ("zero2", 2, 1)]:
+        out = tmp / f"speed-{config}-{threads}"
         out.mkdir()
         launch(config, threads, out, ["recipe=lfw_unet", f"data.shards={data}", f"run_dir={out / 'run'}",
                                       f"trainer.max_steps={steps}", f"data.batch_size={batch}", *COMMON])
