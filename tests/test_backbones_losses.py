@@ -193,7 +193,7 @@ def scalars(run_dir: Path) -> set[str]:
 
 def test_resnet_with_learned_variance_cyclical_kl_free_bits_and_lpips_trains(lfw64, alex_weights, tmp_path):
     run = tmp_path / "run"
-    train(*TINY_RUN, f"data.shards={lfw64}", f"run_dir={run}", "trainer.max_steps=20",
+    train(*TINY_RUN, f"data.shards={lfw64}", f"run_dir={run}", "trainer.max_steps=10", "trainer.val_every=10",
           "model.backbone.name=resnet", f"model.backbone.args.name={RESNET['name']}",
           "losses.recon.args.kind=gaussian_nll", "losses.kl.args.schedule=cyclical",
           "losses.kl.args.cycle_steps=10", "losses.kl.args.free_bits=0.05",
@@ -207,6 +207,6 @@ def test_resnet_with_learned_variance_cyclical_kl_free_bits_and_lpips_trains(lfw
 
 def test_unet_nll_recipe_with_attention_trains(lfw64, tmp_path):
     run = tmp_path / "run"
-    train(*TINY, "recipe=lfw_unet_nll", f"data.shards={lfw64}", f"run_dir={run}", "trainer.max_steps=20",
-          "model.backbone.args.attention=[16]")  # TINY's widths [8, 16, 32]: stages at 64, 32, 16
+    train(*TINY, "recipe=lfw_unet_nll", f"data.shards={lfw64}", f"run_dir={run}", "trainer.max_steps=10",
+          "trainer.val_every=10", "model.backbone.args.attention=[16]")  # TINY's stages run at 64, 32, 16
     assert {"train/recon/sigma", "val/psnr", "val/recon/sigma"} <= scalars(run)
