@@ -69,3 +69,12 @@ def test_replacing_a_plugin_drops_the_recipe_args_of_the_old_one():
     assert dict(cfg.model.backbone.args) == {"hidden": [8]}
     same = load_config({"recipe": "lfw_unet", "model.backbone.name": "unet"})
     assert "widths" in same.model.backbone.args
+
+
+def test_override_words_stay_words():
+    from vaeforge.cli_args import parse_overrides
+
+    args = parse_overrides(["trainer.mixed_precision=no", "resume=true", "optim.betas=[0.5,0.9]", "a=off"])
+    assert args == {"trainer.mixed_precision": "no", "resume": True, "optim.betas": [0.5, 0.9], "a": "off"}
+    cfg = load_config({"recipe": "lfw_mlp", "trainer.mixed_precision": args["trainer.mixed_precision"]})
+    assert cfg.trainer.mixed_precision == "no"

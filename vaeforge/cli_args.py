@@ -10,6 +10,9 @@ import yaml
 
 from .errors import ConfigError, VaeforgeError
 
+# YAML 1.1 reads these as booleans; on a command line they are words (``trainer.mixed_precision=no``).
+YAML11_BOOL_WORDS = {"yes", "no", "on", "off", "y", "n"}
+
 
 def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
     """Parse ``a.b=value`` arguments; values are read as YAML (``3``, ``true``, ``[1,2]``, ``"Pale Skin"``)."""
@@ -19,7 +22,7 @@ def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
         if not sep or not key or key.startswith("-"):
             raise ConfigError(f"argument '{arg}' is not of the form key=value")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = raw if raw == "" or raw.lower() in YAML11_BOOL_WORDS else yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
         out[key.strip()] = value
