@@ -3,9 +3,11 @@ train on the real LFW shards, agree with a 1-process computation on the same glo
 their own checkpoints; bf16 tracks fp32; launches that would silently run another setup are refused."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +18,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from helpers import BIN, PY, TINY, env, free_port, run
 
 REPO = Path(__file__).resolve().parents[1]
-# DeepSpeed JIT-compiles a comm op on first use (~40 s, once per machine): keep it in a stable cache folder.
-EXTENSIONS = os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "vaeforge" / "torch_extensions"))
+# DeepSpeed JIT-compiles a comm op on first use (~40 s): keep it in a stable folder of this venv (a folder shared
+# by venvs with other paths is rebuilt by each in turn).
+EXTENSIONS = os.environ.get("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
 
 # Parameters after the same optimizer steps on the same global batches (fp32 AdamW, lr 1e-3, steps of ~1e-3):
 # each 2-process run vs the 1-process reference, max absolute difference. The comparison uses the MLP recipe:
@@ -51,11 +54,11 @@ def concurrently(commands: list[tuple[list[str], dict[str, str]]]) -> list[subpr
     return [subprocess.CompletedProcess(p.args, p.returncode, out, "") for p, out in zip(procs, outputs)]
 
 
-def audited_keys(run_dir: Path, world: int) -> list[list[list[str]]]:
+def audited_keys(run_dir: Path, world: int) -> tuple[tuple[tuple[str, ...], ...], ...]:
     """keys[step][rank]: the samples each rank trained on at each step (from ``trainer.audit_samples``)."""
-    per_rank = [[line.split()[2:] for line in (run_dir / "audit" / f"samples_rank{r}.txt").read_text().splitlines()]
-                for r in range(world)]
-    return [list(step) for step in zip(*per_rank)]
+    per_rank = [[tuple(line.split()[2:]) for line in (run_dir / "audit" / f"samples_rank{r}.txt").read_text()
+                 .splitlines()] for r in range(world)]
+    return tuple(zip(*per_rank))
 
 
 def images_by_key(shards: Path, wanted: set[str]) -> dict[str, torch.Tensor]:
@@ -70,7 +73,9 @@ def images_by_key(shards: Path, wanted: set[str]) -> dict[str, torch.Tensor]:
     return found
 
 
-def one_process_reference(shards: Path, keys: list[list[list[str]]], overrides: list[str]) -> list[dict]:
+@functools.cache  # the three launches train on the same samples: compute the reference once
+def one_process_reference(shards: Path, keys: tuple[tuple[tuple[str, ...], ...], ...],
+                          overrides: tuple[str, ...]) -> list[dict]:
     """The 1-process computation of the same training: at every step the global batch is the union of the
     ranks' batches, each half with the latent noise its rank drew (seeded like the engine), gradients averaged,
     clipped, one AdamW step, one EMA update. Returns the model and EMA weights after each step."""
@@ -136,7 +141,7 @@ def test_two_processes_agree_with_one_process_and_resume(config, lfw64, tmp_path
 
     keys = audited_keys(run_dir, 2)
     assert len(keys) == STEPS[1]
-    reference = one_process_reference(lfw64, keys, COMPARE)
+    reference = one_process_reference(lfw64, keys, tuple(COMPARE))
     for step in STEPS:
         folder = run_dir / "checkpoints" / f"step_{step:08d}"
         assert (folder / "deepspeed.json").exists() == (stage is not None)
@@ -144,6 +149,32 @@ def test_two_processes_agree_with_one_process_and_resume(config, lfw64, tmp_path
             gap = max_difference(load_file(str(folder / f"{part}.safetensors")), reference[step - 1][part])
             print(f"{config} step {step} {part}: max |2-process - 1-process| = {gap:.2e}")
             assert gap < PARAM_ATOL, (config, step, part, gap)
+    check_checkpoint_guards(run_dir / "checkpoints" / f"step_{STEPS[1]:08d}", stage)
+    if stage == 3:  # through the engine, once: rank 0 names the damaged shard and every rank stops
+        damaged = accelerate(config, *args, "resume=true", f"trainer.max_steps={STEPS[1] + 1}", check=False)
+        assert damaged.returncode != 0 and "is damaged or missing (SHA-256 differs" in damaged.stderr
+
+
+def check_checkpoint_guards(folder: Path, stage: int | None) -> None:
+    """A checkpoint is refused by a launch of another kind, and a damaged DeepSpeed shard is named before
+    DeepSpeed's (unpickling) loader would read it."""
+    from vaeforge.errors import CheckpointError
+    from vaeforge.train import checkpoint as ckpt
+
+    ckpt.check_layout(folder, stage)
+    written = "without DeepSpeed" if stage is None else f"by DeepSpeed ZeRO-{stage}"
+    for other in {None, 2, 3} - {stage}:
+        with pytest.raises(CheckpointError, match=f"was written {written}, this run uses"):
+            ckpt.check_layout(folder, other)
+    if stage is None:
+        return
+    assert ckpt.damaged_deepspeed_file(folder) is None
+    shard = sorted((folder / "deepspeed").glob("*optim_states.pt"))[-1]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert ckpt.damaged_deepspeed_file(folder) == (f"checkpoint file {shard} is damaged or missing "
+                                                   "(SHA-256 differs from deepspeed.json)")
 
 
 def final_losses(run_dir: Path) -> list[tuple[int, float]]:

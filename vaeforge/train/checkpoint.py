@@ -4,7 +4,7 @@ A checkpoint is a folder ``run_dir/checkpoints/step_NNNNNNNN``. It is written un
 ranks (each its own RNG state), fsync'ed, then renamed by rank 0: a folder without ``.tmp`` is always complete.
 
 Under DeepSpeed the optimizer is sharded: each rank's shard is written by DeepSpeed's own engine API into
-``deepspeed/`` (with ``deepspeed.json``: ZeRO stage, world size, SHA-256 of every file), and the weights are
+``deepspeed/`` (with ``deepspeed.json``: ZeRO stage and SHA-256 of every file), and the weights are
 ALSO saved consolidated (fp32) as ``model.safetensors``, so ``vaeforge.load`` works the same. DeepSpeed's
 loader unpickles its own shard files (``torch.load(weights_only=False)``): the hashes are checked first, but a
 checkpoint folder must come from a source you trust. Everything vaeforge reads itself loads pickle-free.
@@ -199,43 +199,53 @@ def save_deepspeed(engine: Any, folder: Path) -> None:
     engine.save_checkpoint(str(folder), tag=DEEPSPEED, save_latest=False)
 
 
-def describe_deepspeed(folder: Path, stage: int, world_size: int) -> None:
-    """Rank 0, once all shards are written: fsync them and record stage, world size and their hashes."""
+def describe_deepspeed(folder: Path, stage: int) -> None:
+    """Rank 0, once all shards are written: fsync them and record the ZeRO stage and their hashes."""
     files = {}
     for path in sorted((folder / DEEPSPEED).rglob("*")):
         if path.is_file():
             _fsync(path)
             files[str(path.relative_to(folder))] = _sha256(path)
-    info = {"zero_stage": stage, "world_size": world_size, "sha256": files}
+    info = {"zero_stage": stage, "sha256": files}
     _fsync_write(folder / DEEPSPEED_INFO, lambda p: p.write_text(json.dumps(info, indent=1)))
+
+
+def _deepspeed_info(folder: Path) -> dict[str, Any] | None:
+    """``deepspeed.json`` of a checkpoint (None when it was written without DeepSpeed)."""
+    path = folder / DEEPSPEED_INFO
+    if not path.exists():
+        return None
+    try:
+        info = json.loads(path.read_text())
+        return {"zero_stage": int(info["zero_stage"]), "sha256": dict(info["sha256"])}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint file {path} is damaged ({exc})") from None
 
 
 def check_layout(folder: Path, stage: int | None) -> None:
     """Fail clearly when a checkpoint was written by another setup (DDP vs DeepSpeed, or another ZeRO stage)."""
-    info_path = folder / DEEPSPEED_INFO
-    if not info_path.exists():
-        if stage is not None:
-            raise CheckpointError(f"checkpoint {folder} was written without DeepSpeed: this run uses ZeRO-{stage}; "
-                                  "resume it with the launch that wrote it")
-        return
-    try:
-        written = int(json.loads(info_path.read_text())["zero_stage"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint file {info_path} is damaged ({exc})") from None
+    info = _deepspeed_info(folder)
+    written = None if info is None else info["zero_stage"]
     if written != stage:
-        now = f"ZeRO-{stage}" if stage is not None else "no DeepSpeed"
-        raise CheckpointError(f"checkpoint {folder} was written by DeepSpeed ZeRO-{written}, this run uses {now}: "
-                              "resume it with the launch that wrote it")
+        was = "without DeepSpeed" if written is None else f"by DeepSpeed ZeRO-{written}"
+        now = "no DeepSpeed" if stage is None else f"ZeRO-{stage}"
+        raise CheckpointError(f"checkpoint {folder} was written {was}, this run uses {now}: resume it with the "
+                              "launch that wrote it")
+
+
+def damaged_deepspeed_file(folder: Path) -> str | None:
+    """A message naming the first DeepSpeed shard whose content differs from its recorded hash, else None."""
+    info = _deepspeed_info(folder)
+    for name, digest in (info["sha256"] if info else {}).items():
+        path = folder / name
+        if not path.is_file() or _sha256(path) != digest:
+            return f"checkpoint file {path} is damaged or missing (SHA-256 differs from {DEEPSPEED_INFO})"
+    return None
 
 
 def load_deepspeed(engine: Any, folder: Path) -> None:
-    """Check every shard against its recorded hash, then let DeepSpeed restore model and optimizer partitions."""
-    info = json.loads((folder / DEEPSPEED_INFO).read_text())
-    for name, digest in info["sha256"].items():
-        path = folder / name
-        if not path.is_file() or _sha256(path) != digest:
-            raise CheckpointError(f"checkpoint file {path} is damaged or missing (SHA-256 differs from "
-                                  f"{DEEPSPEED_INFO})")
+    """Let DeepSpeed restore model and optimizer partitions (its loader unpickles its own files: check the
+    hashes first, with :func:`damaged_deepspeed_file`)."""
     loaded, _ = engine.load_checkpoint(str(folder), tag=DEEPSPEED, load_optimizer_states=True,
                                        load_lr_scheduler_states=False)
     if loaded is None:

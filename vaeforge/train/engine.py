@@ -29,7 +29,7 @@ from ..data.corrupt import check as check_corruption
 from ..data.corrupt import corrupt
 from ..data.loader import StreamSpec, check_on_error, eval_batches, train_loader
 from ..data.manifest import read_manifest, shard_paths
-from ..errors import ConfigError, VaeforgeError
+from ..errors import CheckpointError, ConfigError, VaeforgeError
 from ..losses import LossSet
 from ..metrics import active_units, kl_per_dim, psnr
 from ..model import VAE, ImageSpec, build_model
@@ -209,6 +209,7 @@ class Trainer:
                 unwrapped.losses.load_state_dict(ckpt.load_weights(folder / "losses.safetensors"))
             self.optimizer.load_state_dict(ckpt.load_pickle_free(folder / "optimizer.pt"))
         else:
+            self._check_deepspeed_files(folder)
             ckpt.load_deepspeed(self.model, folder)  # model and optimizer partitions
         if self.ema is not None and (folder / "ema.safetensors").exists():
             self.ema.module.load_state_dict(ckpt.load_weights(folder / "ema.safetensors"))
@@ -218,6 +219,12 @@ class Trainer:
         ckpt.set_rng_state(ckpt.load_pickle_free(folder / f"rng_rank{self.rank}.pt"))
         self.state = state
         self.monitor.write(f"resumed from {folder} (step {state.step}, epoch {state.epoch})")
+
+    def _check_deepspeed_files(self, folder: Path) -> None:
+        """Rank 0 checks every shard's hash (once, not once per rank); all ranks stop together if one differs."""
+        damaged = ckpt.damaged_deepspeed_file(folder) if self.main else None
+        if self._agree(damaged is not None):
+            raise CheckpointError(damaged or f"checkpoint {folder}: a DeepSpeed shard is damaged (named by rank 0)")
 
     def _full_state(self, keep: bool = True) -> dict[str, torch.Tensor]:
         """Model and loss weights, whole (collective under DeepSpeed: all ranks call it; see dist.full_state)."""
@@ -245,7 +252,7 @@ class Trainer:
         self.acc.wait_for_everyone()
         if self.main:
             if self.zero_stage is not None:
-                ckpt.describe_deepspeed(folder, self.zero_stage, self.world)
+                ckpt.describe_deepspeed(folder, self.zero_stage)
             weights = {
                 "model": _subset(full, "vae."),
                 "ema": self.ema.module.state_dict() if self.ema is not None else {},
