@@ -11,7 +11,9 @@ Each model trains for the same wall-clock budget with the same number of CPU thr
 Then, on every val image: PSNR, SSIM and LPIPS-AlexNet of the posterior-mean reconstructions (rounded to
 8 bits), and the Frechet distance between mean-pooled AlexNet conv5 features (the LPIPS trunk at the images'
 own resolution, as the evaluate task's ``fd_alexnet``) of ``--samples`` prior samples (8-bit) and of the val
-images. Data loading and evaluation are outside the budget; vaeforge's in-run validation is inside it.
+images; and the same distance for samples of a 10-component Gaussian mixture fitted on the posterior means of the
+training images (ex-post density estimation, as ``sample sampler=gmm``). Data loading and evaluation are outside
+the budget; vaeforge's in-run validation is inside it.
 
     python benchmarks/quality.py --shards data/lfw64 --budget-seconds 600 --threads 2 \\
         --lpips-weights ../shared/weights/lpips_alexnet.safetensors --out runs/bench_quality
@@ -37,6 +39,7 @@ import vaeforge
 from vaeforge.config import available_recipes
 from vaeforge.data.loader import eval_batches
 from vaeforge.data.manifest import read_manifest, shard_paths
+from vaeforge.latent_density import LatentMixture
 from vaeforge.metrics import frechet_distance, psnr, ssim
 from vaeforge.perceptual import LPIPS
 from vaeforge.train import checkpoint as ckpt
@@ -46,7 +49,8 @@ LATENT = 128
 BATCH = 64
 LR = 1e-3
 EVAL_BATCH = 128
-COLUMNS = ("model", "params_M", "images_per_s", "steps", "psnr", "ssim", "lpips_alex", "fd_conv5")
+GMM_COMPONENTS = 10
+COLUMNS = ("model", "params_M", "images_per_s", "steps", "psnr", "ssim", "lpips_alex", "fd_conv5", "fd_conv5_gmm")
 
 
 @dataclass
@@ -59,6 +63,7 @@ class Result:
     ssim: float
     lpips_alex: float
     fd_conv5: float
+    fd_conv5_gmm: float
 
 
 @dataclass
@@ -240,27 +245,38 @@ def conv5(lpips: LPIPS, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: Trained, val: torch.Tensor, lpips: LPIPS, samples: int) -> dict[str, float]:
-    """Reconstruction metrics on every val image and the prior-sample Frechet distance."""
+def evaluate(model: Trained, val: torch.Tensor, train: torch.Tensor, lpips: LPIPS, samples: int
+             ) -> dict[str, float]:
+    """Reconstruction metrics on every val image; Frechet distances of prior and mixture samples to val."""
     x = to_unit(val)
     recon = torch.cat([to_8bit(model.decode(model.encode_mean(chunk))) for chunk in x.split(EVAL_BATCH)])
     distance = torch.cat([lpips(a, b) for a, b in zip(recon.split(EVAL_BATCH), x.split(EVAL_BATCH))])
-    z = torch.randn(samples, LATENT, generator=torch.Generator().manual_seed(0))
-    fake = torch.cat([to_8bit(model.decode(chunk)) for chunk in z.split(EVAL_BATCH)])
+    real = conv5(lpips, x)
+
+    def sample_distance(z: torch.Tensor) -> float:
+        return frechet_distance(conv5(lpips, torch.cat([to_8bit(model.decode(c)) for c in z.split(EVAL_BATCH)])),
+                                real)
+
+    prior = torch.randn(samples, LATENT, generator=torch.Generator().manual_seed(0))
+    mu = torch.cat([model.encode_mean(to_unit(chunk)) for chunk in train.split(EVAL_BATCH)])
+    mixture = LatentMixture.fit(mu, GMM_COMPONENTS, "full", seed=0)
     return {"psnr": float(psnr(recon, x).mean()), "ssim": float(ssim(recon, x).mean()),
-            "lpips_alex": float(distance.mean()), "fd_conv5": frechet_distance(conv5(lpips, fake), conv5(lpips, x))}
+            "lpips_alex": float(distance.mean()), "fd_conv5": sample_distance(prior),
+            "fd_conv5_gmm": sample_distance(mixture.sample(samples, torch.Generator().manual_seed(0)))}
 
 
 def run_one(name: str, args: argparse.Namespace) -> Result:
     """Train one contestant for the budget and evaluate it (in this process)."""
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
+    train = load_split(args.shards, "train")
     if name in available_recipes():
         model = train_vaeforge(name, args)
+    elif name == "baseline":
+        model = train_baseline(train, args)
     else:
-        train = load_split(args.shards, "train")
-        model = train_baseline(train, args) if name == "baseline" else train_pythae(name[len("pythae_"):], train, args)
-    metrics = evaluate(model, load_split(args.shards, "val"), LPIPS("alex", args.lpips_weights), args.samples)
+        model = train_pythae(name[len("pythae_"):], train, args)
+    metrics = evaluate(model, load_split(args.shards, "val"), train, LPIPS("alex", args.lpips_weights), args.samples)
     return Result(name, round(model.params / 1e6, 2), round(model.images / model.seconds, 1), model.steps,
                   **{k: round(v, 4) for k, v in metrics.items()})
 

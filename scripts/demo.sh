@@ -3,6 +3,8 @@
 #   LFW=<url | lfw-deepfunneled.tgz | extracted folder>   default: the official download (needs internet)
 #   LFW_LABELS=<folder with lfw_attributes.txt, lfw_emotions.csv, lfw_gender_*.txt>   default: next to a local LFW
 #   TRAIN_TIME=<seconds>   stop training after this long (default: the recipe's max_steps); rerun to continue
+#   LPIPS_WEIGHTS=<folder with lpips_alexnet.safetensors>   the recipes' perceptual loss (default: ../shared/weights
+#                  when present, else $VAEFORGE_LPIPS_WEIGHTS or ~/.cache/vaeforge; see docs/troubleshooting.md)
 #   RECIPE=lfw_unet  DATA=data/lfw64  RUN=runs/<recipe>
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +12,10 @@ LFW=${LFW:-http://vis-www.cs.umass.edu/lfw/lfw-deepfunneled.tgz}
 RECIPE=${RECIPE:-lfw_unet}
 DATA=${DATA:-data/lfw64}
 RUN=${RUN:-runs/$RECIPE}
+if [ -z "${LPIPS_WEIGHTS:-}" ] && [ -f ../shared/weights/lpips_alexnet.safetensors ]; then
+  LPIPS_WEIGHTS=$(cd ../shared/weights && pwd)
+fi
+if [ -n "${LPIPS_WEIGHTS:-}" ]; then export VAEFORGE_LPIPS_WEIGHTS=$LPIPS_WEIGHTS; fi
 if [ -z "${LFW_LABELS:-}" ] && [ -e "$LFW" ] && ls "$(dirname "$LFW")"/lfw_*.{txt,csv} >/dev/null 2>&1; then
   LFW_LABELS=$(dirname "$LFW")
 fi

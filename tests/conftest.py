@@ -29,6 +29,13 @@ def shared_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def lpips_weights_found(shared_dir: Path) -> None:
+    """The shipped recipes train with an LPIPS term: point vaeforge at the shared weights, as a user would with
+    ``VAEFORGE_LPIPS_WEIGHTS`` (tests that need no weights delete it with monkeypatch)."""
+    os.environ.setdefault("VAEFORGE_LPIPS_WEIGHTS", str(shared_dir / "weights"))
+
+
 @pytest.fixture(scope="session")
 def labels_dir(shared_dir: Path) -> Path:
     """The folder with the LFW archive and the label files (attributes, emotions, gender lists)."""

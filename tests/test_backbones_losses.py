@@ -33,7 +33,7 @@ def seeded_build(backbone: str, args: dict, size: int):
 
 
 def loss_set(terms: dict) -> LossSet:
-    specs = OmegaConf.create({k: {"name": v.get("name", k), "weight": 1.0, "args": v.get("args", {})}
+    specs = OmegaConf.create({k: {"name": v.get("name", k), "weight": v.get("weight", 1.0), "args": v.get("args", {})}
                               for k, v in terms.items()})
     return LossSet(specs)
 
@@ -173,6 +173,15 @@ def test_perceptual_without_weights_says_how_to_provide_them(tmp_path, monkeypat
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     with pytest.raises(DataError, match="no LPIPS weights for 'vgg': pass the file"):
         loss_set({"perceptual": {"args": {"net": "vgg"}}})
+
+
+def test_a_term_with_weight_zero_is_switched_off(tmp_path, monkeypatch):
+    monkeypatch.delenv(ENV_WEIGHTS, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no LPIPS weights anywhere: building it would fail
+    terms = loss_set({"recon": {}, "perceptual": {"weight": 0.0}})
+    assert list(terms.terms) == ["recon"]
+    total, logs = terms(output(torch.zeros(2, 3, 8, 8)), torch.full((2, 3, 8, 8), 0.5), step=0)
+    assert not any(key.startswith("perceptual") for key in logs)
 
 
 # ----- recipes and real trainings ------------------------------------------------------------------------------

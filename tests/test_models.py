@@ -37,6 +37,28 @@ def test_backbone_shapes_gradients_and_determinism(backbone, args):
 def test_unet_rejects_an_image_size_its_stages_cannot_halve():
     with pytest.raises(ConfigError, match="not divisible"):
         build_model(model_cfg("unet", {"widths": [8, 8, 8, 8, 8]}), ImageSpec(48))
+    with pytest.raises(ConfigError, match="not divisible by stem 4"):
+        build_model(model_cfg("unet", {"widths": [8, 8, 8], "stem": 4}), ImageSpec(48))
+    with pytest.raises(ConfigError, match="stem must be 1, 2 or 4"):
+        build_model(model_cfg("unet", {"widths": [8], "stem": 3}), ImageSpec(48))
+
+
+@pytest.mark.parametrize("stem", [2, 4])
+def test_unet_stem_runs_no_block_at_full_resolution(stem):
+    vae = build_model(model_cfg("unet", {"widths": [8, 16], "stem": stem}), ImageSpec(32))
+    x = torch.rand(2, 3, 32, 32)
+    out = vae(x)
+    assert out.logits.shape == x.shape
+    out.logits.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in vae.parameters())
+    first_conv = next(m for m in vae.encoder.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.stride == (stem, stem)  # the first convolution already works at 32 / stem
+    sizes = []
+    for module in vae.decoder.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[-1]))
+    vae.decode(torch.randn(1, vae.latent_dim))
+    assert max(sizes) == 32 // stem  # the decoder's last conv runs at 32 / stem, then a pixel shuffle
 
 
 def losses(**overrides):

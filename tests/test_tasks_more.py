@@ -146,6 +146,7 @@ def test_evaluate_metrics_and_happiness_edit(trained, lpips_env, tmp_path):
     assert 15 < s["psnr"] < 40 and 0 < s["ssim"] < 1 and 0 < s["lpips"] < 1 and s["fd_alexnet"] > 0
     assert s["kl"] > 0 and 0 < s["active_units"] <= s["latent_dim"] == 32
     assert s["fid"] is None and "no InceptionV3 weights" in s["fid_note"]
+    assert s["gmm_components"] == 10 and 0 < s["fd_alexnet_gmm"] < float("inf")  # the mixture sampler's distance
     edit = s["edit"]
     assert edit["faces"] == "neutral" and edit["n"] == 64 and edit["classifier"]["train_images"] == 800
     assert edit["classifier"]["val_accuracy_photos"] > 0.6  # happiness vs the rest, about 40% positives

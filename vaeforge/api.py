@@ -22,6 +22,7 @@ from .data.corrupt import corrupt
 from .data.corrupt import describe as describe_corruption
 from .data.corrupt import parse_spec as parse_corruption
 from .errors import CheckpointError, ConfigError, DataError, did_you_mean
+from .latent_density import LatentMixture
 from .losses import LossTerm, LossValue
 from .metrics import active_units, frechet_distance, kl_per_dim, psnr, ssim
 from .model import BackboneParts, ImageSpec, VAEOutput
@@ -46,7 +47,7 @@ def register_task(name: str, config: type | None = None) -> Callable[[Any], Any]
 
 
 __all__ = [
-    "AttributeClassifier", "AttributeVector", "CheckpointError", "TRAIN", "VAL", "active_units", "corrupt",
+    "AttributeClassifier", "AttributeVector", "CheckpointError", "LatentMixture", "TRAIN", "VAL", "active_units", "corrupt",
     "describe_corruption", "did_you_mean", "frechet_distance", "has_attribute", "parse_corruption", "ssim",
     "BackboneParts", "ConfigError", "DataError", "ImageSpec", "LPIPS", "LossTerm", "LossValue", "TaskContext",
     "VAEOutput", "find_lpips_weights", "kl_per_dim", "psnr", "register_backbone", "register_loss", "register_task",

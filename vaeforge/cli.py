@@ -10,6 +10,7 @@ USAGE = """usage: vaeforge <verb> [key=value ...]
 
 verbs:
   prepare   LFW archive or folder -> WebDataset shards + manifest.json
+  lpips     download the official LPIPS weights (or convert local .pth files: trunk=, head=) into the cache
   train     train a recipe (use `accelerate launch -m vaeforge.train` for several processes)
   run       run a task (reconstruct, sample, ...) on a trained run
   submit    train on a SLURM cluster (slurm=PROFILE; requeues itself on preemption; --dry-run)
@@ -39,11 +40,11 @@ def list_recipes(argv: list[str]) -> None:
 
 
 def _verbs() -> dict:
-    from . import prepare, report, run, submit
+    from . import lpips_download, prepare, report, run, submit
     from .train import __main__ as train
 
-    return {"prepare": prepare.main, "train": train.main, "run": run.main, "report": report.main,
-            "submit": submit.main, "plugins": list_plugins, "recipes": list_recipes}
+    return {"prepare": prepare.main, "lpips": lpips_download.main, "train": train.main, "run": run.main,
+            "report": report.main, "submit": submit.main, "plugins": list_plugins, "recipes": list_recipes}
 
 
 @user_errors_exit

@@ -31,13 +31,18 @@ class LossTerm(nn.Module):
 
 
 class LossSet(nn.Module):
-    """The recipe's loss terms with their weights; ``forward`` returns the total and each weighted term."""
+    """The recipe's loss terms with their weights; ``forward`` returns the total and each weighted term.
+
+    A term with weight 0 is switched off: it is not built (so e.g. ``losses.perceptual.weight=0`` needs no LPIPS
+    weights) and not logged."""
 
     def __init__(self, specs) -> None:
         super().__init__()
         self.terms = nn.ModuleDict()
         self.weights: dict[str, float] = {}
         for term, spec in specs.items():
+            if float(spec.weight) == 0.0:
+                continue
             plugin = REGISTRY.get("loss", spec.name)
             args = validate_plugin_args(plugin.config, spec.args, f"loss '{term}' ({spec.name})")
             module = plugin.target(args) if plugin.config is not None else plugin.target()

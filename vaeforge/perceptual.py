@@ -3,7 +3,8 @@
 The recipe: images in [-1, 1] -> LPIPS scaling layer -> AlexNet or VGG16 convolutional trunk -> the activations
 after chosen ReLUs, each unit-normalised over channels -> squared difference -> a 1x1 head per layer ->
 spatial mean -> sum over layers. Weights come from a safetensors file holding torchvision's ``features.<N>``
-tensors and the heads ``lin0`` .. ``lin4`` (the layout of ``../shared/weights``); pickles are never loaded.
+tensors and the heads ``lin0`` .. ``lin4`` (the layout of ``../shared/weights``); pickles are never loaded here
+(:mod:`vaeforge.lpips_download` makes that file from the official ``.pth`` files, loading them as weights only).
 """
 from __future__ import annotations
 
@@ -66,8 +67,9 @@ def cache_dir() -> Path:
 def find_lpips_weights(net: str, explicit: str | Path | None = None) -> Path:
     """The LPIPS weights file for ``net``: ``explicit``, else in ``$VAEFORGE_LPIPS_WEIGHTS``, else in the cache.
 
-    There is no download: the official LPIPS weights are published only as pickles (``.pth``), which vaeforge
-    does not load, and no verified safetensors copy is published.
+    Nothing is downloaded here (not in the middle of a training): the official weights are published only as
+    pickles (``.pth``) and no safetensors copy is published, so ``vaeforge lpips net=<net>``
+    (:mod:`vaeforge.lpips_download`) downloads them on request, loads them as weights only and converts them.
     """
     spec = _check_net(net)
     if explicit:
@@ -86,8 +88,9 @@ def find_lpips_weights(net: str, explicit: str | Path | None = None) -> Path:
         return path
     raise DataError(
         f"no LPIPS weights for '{net}': pass the file ({spec.file}, safetensors) explicitly, set {ENV_WEIGHTS} "
-        f"to its folder, or put it in {path.parent} (the official weights are pickles, which vaeforge does not "
-        "load, and no safetensors copy can be downloaded)"
+        f"to its folder, or put it in {path.parent} (no safetensors copy can be downloaded: `vaeforge lpips "
+        f"net={net}` downloads the official .pth files and converts them, `trunk=<file> head=<file>` converts "
+        "local copies)"
     )
 
 
@@ -109,6 +112,16 @@ def _tap_channels(trunk: nn.Sequential, taps: tuple[int, ...]) -> list[int]:
     """Channels of each tapped activation: those of the last convolution before it."""
     convs = [(i, m.out_channels) for i, m in enumerate(trunk) if isinstance(m, nn.Conv2d)]
     return [max((i, c) for i, c in convs if i < tap)[1] for tap in taps]
+
+
+def weights_layout(net: str) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor an LPIPS weights file for ``net`` holds (``features.<N>.*``, ``lin<i>.weight``)."""
+    spec = _check_net(net)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        trunk = build_trunk(spec)
+    layout = {f"features.{name}": tuple(t.shape) for name, t in trunk.state_dict().items()}
+    heads = {f"lin{i}.weight": (1, c, 1, 1) for i, c in enumerate(_tap_channels(trunk, spec.taps))}
+    return layout | heads
 
 
 def _file_key(name: str) -> str:

@@ -17,6 +17,7 @@ from .data.loader import decode_sample
 from .data.manifest import read_manifest, shard_paths
 from .errors import ConfigError, DataError, did_you_mean
 from .imageio import load_inputs, save_grid, save_png
+from .latent_density import SAMPLERS_DIR, LatentMixture, check_options
 
 if TYPE_CHECKING:
     from .inference import LoadedVAE
@@ -128,6 +129,38 @@ class TaskContext:
         vector = AttributeVector(attribute, kind, direction(mu, values, kind, attribute), len(values), source)
         vector.save(path)
         return vector, False
+
+    def posterior_means(self, split: str, limit: int = 0, batch_size: int = 64) -> torch.Tensor:
+        """Posterior means ``[N, latent_dim]`` of the split's first ``limit`` images (0: all), on the CPU."""
+        mus = []
+        with torch.no_grad():
+            for group in _chunks(self._iter_split(split, limit), batch_size):
+                mus.append(self.model.encode(torch.stack([s.image for s in group]))[0].cpu())
+        return torch.cat(mus) if mus else torch.empty(0, self.model.latent_dim)
+
+    def mixture_path(self, components: int, covariance: str) -> Path:
+        """Where the run keeps a fitted mixture: ``run_dir/samplers/gmm_<covariance>_<components>.safetensors``."""
+        return self.model.run_dir / SAMPLERS_DIR / f"gmm_{covariance}_{components}.safetensors"
+
+    def latent_mixture(self, components: int, covariance: str = "full", train_limit: int = 0
+                       ) -> tuple[LatentMixture, bool]:
+        """A Gaussian mixture on the training split's posterior means (at most ``train_limit`` images, 0: all) and
+        whether it was reused: the run's saved one when fitted with the same checkpoint, weights, ``train_limit``,
+        components and covariance; else fitted (seed 0, whatever the task's seed) and saved for reuse."""
+        check_options(components, covariance)
+        m, path = self.model, self.mixture_path(components, covariance)
+        source = (f"{m.checkpoint.name} {m.weights} train_limit={train_limit} components={components} "
+                  f"covariance={covariance}")
+        if path.is_file():
+            saved = LatentMixture.load(path)
+            if saved.source == source:
+                return saved, True
+        mu = self.posterior_means(TRAIN, train_limit)
+        if len(mu) == 0:
+            raise DataError(f"no training images in {m.config.data.shards} to fit a latent mixture on")
+        mixture = LatentMixture.fit(mu, components, covariance, seed=0, source=source)
+        mixture.save(path)
+        return mixture, False
 
     def save_image(self, name: str, image: torch.Tensor) -> Path:
         path = self.output / name

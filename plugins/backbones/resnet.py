@@ -92,18 +92,17 @@ def _decoder_stage(c_in: int, c_out: int, factor: int, cfg: ResNetConfig) -> lis
 def _decoder(cfg: ResNetConfig, image: ImageSpec, latent_dim: int, info, deepest: tuple[int, int, int]
              ) -> nn.Sequential:
     """Mirror of the encoder: at each stride the encoder's width, deepest first; then the stem's mirror back to
-    full resolution (a convolution at half the first width, no residual blocks: the costliest resolution)."""
+    full resolution: one convolution to ``channels x r x r`` values per position, rearranged into r x r pixels
+    (pixel shuffle), so nothing runs at full resolution, where convolutions cost the most."""
     channels, reductions = info.channels(), info.reduction()
     c, h, w = deepest
     layers: list[nn.Module] = [nn.Linear(latent_dim, c * h * w), nn.Unflatten(1, (c, h, w))]
     for width, (r_in, r_out) in zip(reversed(channels[:-1]), pairwise(reversed(reductions))):
         layers += _decoder_stage(c, width, r_in // r_out, cfg)
         c = width
-    stem = max(c // 2, 1)
-    if reductions[0] > 1:
-        layers.append(nn.Upsample(scale_factor=reductions[0], mode="nearest"))
-    layers += [nn.Conv2d(c, stem, 3, padding=1), GroupNorm(stem, num_groups=math.gcd(cfg.groups, stem)), nn.SiLU(),
-               nn.Conv2d(stem, image.channels, 3, padding=1)]
+    r = reductions[0]
+    layers += [GroupNorm(c, num_groups=math.gcd(cfg.groups, c)), nn.SiLU(),
+               nn.Conv2d(c, image.channels * r * r, 3, padding=1), nn.PixelShuffle(r)]
     return nn.Sequential(*layers)
 
 

@@ -17,6 +17,8 @@ from vaeforge.api import ConfigError, BackboneParts, ImageSpec, register_backbon
 class UNetConfig:
     widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # one stage per width, each halves H, W
     blocks_per_stage: int = 1
+    stem: int = 1  # 2 or 4: a strided stem conv shrinks the image before the first stage (and a matching
+    #                up-sampling head ends the decoder) so no residual block runs at full resolution: cheaper on CPU
     groups: int = 8  # GroupNorm groups (reduced for narrow layers)
     attention: list[int] = field(default_factory=list)  # feature-map sizes (e.g. [8, 4]) that get self-attention
     attention_heads: int = 4  # reduced until it divides the stage's width
@@ -73,9 +75,12 @@ def _blocks(c_in: int, c_out: int, cfg: UNetConfig, size: int) -> list[nn.Module
 
 def _check(cfg: UNetConfig, image: ImageSpec) -> None:
     depth = len(cfg.widths)
-    if image.size % 2**depth:
-        raise ConfigError(f"unet: image size {image.size} is not divisible by 2**{depth} (one per width)")
-    sizes = [image.size // 2**i for i in range(depth + 1)]
+    if cfg.stem not in (1, 2, 4):
+        raise ConfigError(f"unet: stem must be 1, 2 or 4 (the stem's down-sampling factor), got {cfg.stem}")
+    if image.size % (cfg.stem * 2**depth):
+        raise ConfigError(f"unet: image size {image.size} is not divisible by stem {cfg.stem} x 2**{depth} "
+                          "(one halving per width)")
+    sizes = [image.size // cfg.stem // 2**i for i in range(depth + 1)]
     unused = sorted(set(cfg.attention) - set(sizes[:-1]))
     if unused:
         raise ConfigError(f"unet: attention at sizes {unused}, but the stages run at {sizes[:-1]}")
@@ -85,9 +90,12 @@ def _check(cfg: UNetConfig, image: ImageSpec) -> None:
 def build(cfg: UNetConfig, image: ImageSpec, latent_dim: int) -> BackboneParts:
     _check(cfg, image)
     widths, g = cfg.widths, cfg.groups
-    bottom = image.size // 2 ** len(widths)
-    enc: list[nn.Module] = [nn.Conv2d(image.channels, widths[0], 3, padding=1)]
-    c, size = widths[0], image.size
+    s = cfg.stem
+    bottom = image.size // s // 2 ** len(widths)
+    stem = (nn.Conv2d(image.channels, widths[0], 3, padding=1) if s == 1
+            else nn.Conv2d(image.channels, widths[0], 2 * s, stride=s, padding=s // 2))
+    enc: list[nn.Module] = [stem]
+    c, size = widths[0], image.size // s
     for w in widths:
         enc += [*_blocks(c, w, cfg, size), nn.Conv2d(w, w, 3, stride=2, padding=1)]
         c, size = w, size // 2
@@ -99,5 +107,6 @@ def build(cfg: UNetConfig, image: ImageSpec, latent_dim: int) -> BackboneParts:
         size *= 2
         dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, w, 3, padding=1), *_blocks(w, w, cfg, size)]
         c = w
-    dec += [_norm(c, g), nn.SiLU(), nn.Conv2d(c, image.channels, 3, padding=1)]
+    head = [nn.Conv2d(c, image.channels * s * s, 3, padding=1), nn.PixelShuffle(s)]  # s=1: a plain 3x3 conv
+    dec += [_norm(c, g), nn.SiLU(), *head]
     return BackboneParts(nn.Sequential(*enc), nn.Sequential(*dec), feature_dim)

@@ -4,7 +4,9 @@
 - KL(q(z|x) || N(0, I)) per image (nats) and the active latent units;
 - samples: Frechet distance between ``samples`` prior samples and the val images on AlexNet features
   (``fd_alexnet``: mean-pooled conv5 activations of the LPIPS AlexNet trunk), and FID on InceptionV3 pool
-  features only when ``inception_weights=<file>`` is given (``fid: null`` and a ``fid_note`` otherwise);
+  features only when ``inception_weights=<file>`` is given (``fid: null`` and a ``fid_note`` otherwise); and the
+  same distance for as many samples of a Gaussian mixture fitted on the training posterior means
+  (``fd_alexnet_gmm``, ex-post density estimation as ``sample sampler=gmm`` does; ``gmm_components=0``: off);
 - with ``attribute=``: how well editing along the attribute's direction works. A logistic regression on LPIPS-
   AlexNet features (mean-pooled taps) learns P(attribute) from the labelled training split; it scores val faces
   that lack the attribute (or the positives of ``edit_faces=``, e.g. ``neutral``) after reconstruction and after
@@ -46,6 +48,8 @@ class EvaluateConfig:
     edit_faces: str = ""  # a binary column whose positive val faces are edited (default: the attribute's negatives)
     edit_limit: int = 64  # val faces edited
     train_limit: int = 0  # labelled training images for the direction and the classifier (0: all)
+    gmm_components: int = 10  # components of the mixture sampler scored as fd_alexnet_gmm (0: off)
+    gmm_train_limit: int = 0  # training images the mixture is fitted on (0: all)
 
 
 def mean(values: torch.Tensor) -> float:
@@ -119,11 +123,18 @@ def inception_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def sample_metrics(ctx: TaskContext, cfg: EvaluateConfig, lpips: LPIPS, net: nn.Module | None, x: torch.Tensor
                    ) -> dict:
-    """Prior samples vs val images: Frechet distance on AlexNet conv5 features, and FID with an Inception net."""
+    """Prior samples vs val images: Frechet distance on AlexNet conv5 features (also for the mixture sampler's
+    samples), and FID with an Inception net."""
     fake = ctx.model.sample(cfg.samples, cfg.temperature, generator=ctx.generator()).cpu()
     ctx.save_grid("samples.png", fake[:64], nrow=8)
+    real = conv5(lpips, x)
     result = {"samples": cfg.samples, "temperature": cfg.temperature,
-              "fd_alexnet": round(frechet_distance(conv5(lpips, fake), conv5(lpips, x)), 4)}
+              "fd_alexnet": round(frechet_distance(conv5(lpips, fake), real), 4),
+              "fd_alexnet_gmm": None, "gmm_components": cfg.gmm_components}
+    if cfg.gmm_components:
+        mixture, _ = ctx.latent_mixture(cfg.gmm_components, "full", cfg.gmm_train_limit)
+        gmm = ctx.model.decode(mixture.sample(cfg.samples, ctx.generator(), cfg.temperature)).cpu()
+        result["fd_alexnet_gmm"] = round(frechet_distance(conv5(lpips, gmm), real), 4)
     if net is None:
         return {**result, "fid": None, "fid_note": NO_FID}
     fid = frechet_distance(inception_features(net, fake), inception_features(net, x))

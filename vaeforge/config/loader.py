@@ -60,7 +60,9 @@ def load_recipe(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
     base = data.pop("base", None)
     if base is None:
         return data
-    merged = OmegaConf.merge(load_recipe(str(base), _seen + (name,)), data)
+    inherited = OmegaConf.create(load_recipe(str(base), _seen + (name,)))
+    _drop_args_of_replaced_plugins(inherited, {k: v for k, v in _flatten(data).items() if k.endswith(".name")})
+    merged = OmegaConf.merge(inherited, data)
     return OmegaConf.to_container(merged)  # type: ignore[return-value]
 
 
@@ -111,8 +113,8 @@ def _overrides_as_tree(overrides: dict[str, Any]) -> DictConfig:
 
 
 def _drop_args_of_replaced_plugins(cfg: DictConfig, overrides: dict[str, Any]) -> None:
-    """``model.backbone.name=other`` (or ``losses.T.name=other``) starts from empty args: the recipe's args
-    were written for the plugin being replaced."""
+    """``model.backbone.name=other`` (or ``losses.T.name=other``), in an override or a recipe over its base,
+    starts from empty args: the args there were written for the plugin being replaced."""
     for key, value in overrides.items():
         if not key.endswith(".name"):
             continue

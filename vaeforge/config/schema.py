@@ -22,7 +22,7 @@ class LossSpec:
     """One loss term: a loss plugin, its weight in the total, and its arguments."""
 
     name: str = MISSING
-    weight: float = 1.0
+    weight: float = 1.0  # 0 switches the term off (it is not built)
     args: Dict[str, Any] = field(default_factory=dict)
 
 

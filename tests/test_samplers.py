@@ -1,0 +1,131 @@
+"""The ex-post density sampler: a Gaussian mixture fitted on training posterior means (vaeforge.latent_density),
+in the sample task (sampler=gmm) and in evaluate (fd_alexnet_gmm)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from helpers import PY, env, run
+from test_tasks import task, trained  # noqa: F401  (the module's tiny run trained on real LFW shards)
+from vaeforge.errors import ConfigError, DataError
+from vaeforge.latent_density import LatentMixture
+
+MEANS = torch.tensor([[-4.0, 0.0, 1.0], [3.0, 2.0, -1.0]])
+WEIGHTS = torch.tensor([0.3, 0.7])
+
+
+def two_blobs(n: int = 3000, seed: int = 0) -> torch.Tensor:
+    """n points of 0.3 N(MEANS[0], 0.5^2 I) + 0.7 N(MEANS[1], diag(1, 0.25, 0.5^2))."""
+    g = torch.Generator().manual_seed(seed)
+    k = torch.multinomial(WEIGHTS, n, replacement=True, generator=g)
+    scale = torch.tensor([[0.5, 0.5, 0.5], [1.0, 0.5, 0.5]])
+    return MEANS[k] + scale[k] * torch.randn(n, 3, generator=g)
+
+
+@pytest.fixture(scope="module")
+def mixture() -> LatentMixture:
+    return LatentMixture.fit(two_blobs(), 2, "full", source="synthetic")
+
+
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+def test_fit_recovers_a_known_mixture(covariance):
+    m = LatentMixture.fit(two_blobs(), 2, covariance)
+    order = m.means[:, 0].argsort()
+    assert torch.allclose(m.means[order], MEANS, atol=0.1), m.means
+    assert torch.allclose(m.weights[order], WEIGHTS, atol=0.03)
+    assert math.isclose(float(m.weights.sum()), 1, abs_tol=1e-5)
+    cov = m.scale_tril @ m.scale_tril.transpose(1, 2)
+    assert torch.allclose(cov[order].diagonal(dim1=1, dim2=2), torch.tensor([[0.25] * 3, [1.0, 0.25, 0.25]]),
+                          atol=0.06)
+    assert torch.equal(m.scale_tril, m.scale_tril.tril()) and m.count == 3000
+    if covariance == "diag":
+        assert torch.equal(m.scale_tril, torch.diag_embed(m.scale_tril.diagonal(dim1=1, dim2=2)))
+
+
+def test_sampling_is_seeded_and_follows_the_mixture(mixture):
+    a = mixture.sample(5000, torch.Generator().manual_seed(1))
+    b = mixture.sample(5000, torch.Generator().manual_seed(1))
+    c = mixture.sample(5000, torch.Generator().manual_seed(2))
+    assert a.shape == (5000, 3) and torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.allclose(a.mean(0), WEIGHTS @ MEANS, atol=0.1)
+    cold = mixture.sample(50, torch.Generator().manual_seed(1), temperature=0.0)  # only the component means
+    assert (cold[:, None] - mixture.means[None]).abs().amax(-1).amin(1).max() < 1e-6
+
+
+def test_save_load_round_trip(mixture, tmp_path):
+    path = tmp_path / "samplers" / "gmm_full_2.safetensors"
+    mixture.save(path)
+    back = LatentMixture.load(path)
+    assert back.source == "synthetic" and back.count == mixture.count == 3000
+    for name in ("weights", "means", "scale_tril"):
+        assert torch.equal(getattr(back, name), getattr(mixture, name))
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    assert torch.equal(back.sample(10, g()), mixture.sample(10, g()))
+
+
+def test_damaged_or_foreign_file_is_a_data_error_naming_it(mixture, tmp_path):
+    damaged = tmp_path / "damaged.safetensors"
+    mixture.save(damaged)
+    damaged.write_bytes(damaged.read_bytes()[:40])
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"direction": torch.zeros(16)}, str(foreign))
+    for path in (damaged, foreign, tmp_path / "missing.safetensors"):
+        with pytest.raises(DataError, match=str(path.name)):
+            LatentMixture.load(path)
+
+
+@pytest.mark.parametrize("components, covariance, expected", [
+    (0, "full", "components must be at least 1, got 0"),
+    (11, "full", "components=11 exceeds the 10 latents"),
+    (2, "ful", "unknown covariance 'ful' (valid: diag, full; did you mean 'full'?)"),
+])
+def test_bad_options_are_config_errors(components, covariance, expected):
+    with pytest.raises(ConfigError) as err:
+        LatentMixture.fit(torch.randn(10, 3), components, covariance)
+    assert expected in str(err.value)
+
+
+def test_sample_task_fits_saves_and_reuses_the_mixture(trained, tmp_path):  # noqa: F811
+    first, second = tmp_path / "a", tmp_path / "b"
+    args = ["task=sample", f"run_dir={trained}", "sampler=gmm", "components=4", "train_limit=200", "n=8",
+            "grid_columns=4", "seed=5"]
+    task(*args, f"output={first}")
+    s = json.loads((first / "summary.json").read_text())
+    saved = trained / "samplers" / "gmm_full_4.safetensors"
+    assert s["sampler"] == "gmm" and s["components"] == 4 and s["reused"] is False and s["train_images"] == 200
+    assert s["mixture"] == str(saved) and saved.is_file()
+    m = LatentMixture.load(saved)
+    assert m.means.shape == (4, 16) and m.count == 200 and "train_limit=200" in m.source
+    assert Image.open(first / "grid.png").size == (4 * 66 + 2, 2 * 66 + 2)
+    task(*args, f"output={second}")
+    assert json.loads((second / "summary.json").read_text())["reused"] is True
+    assert (first / "grid.png").read_bytes() == (second / "grid.png").read_bytes()
+    task("task=sample", f"run_dir={trained}", "n=8", "grid_columns=4", "seed=5", f"output={tmp_path / 'prior'}")
+    assert json.loads((tmp_path / "prior" / "summary.json").read_text())["sampler"] == "prior"
+    assert (tmp_path / "prior" / "grid.png").read_bytes() != (first / "grid.png").read_bytes()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["sampler=gm"], "unknown sampler 'gm' (valid: gmm, prior; did you mean 'gmm'?)"),
+    (["sampler=gmm", "covariance=diagonal"], "unknown covariance 'diagonal' (valid: diag, full"),
+    (["sampler=gmm", "components=0"], "components must be at least 1"),
+])
+def test_bad_sampler_options_are_one_clear_line(trained, args, expected):  # noqa: F811
+    proc = task("task=sample", f"run_dir={trained}", *args, check=False)
+    assert proc.returncode == 2 and expected in proc.stderr.strip().splitlines()[-1], proc.stderr
+
+
+def test_evaluate_reports_the_mixture_samples_distance(trained, shared_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "eval"
+    run([PY, "-m", "vaeforge.run", "task=evaluate", f"run_dir={trained}", "limit=64", "samples=64",
+         "gmm_components=3", "gmm_train_limit=200", f"output={out}"],
+        env=env(VAEFORGE_LPIPS_WEIGHTS=str(shared_dir / "weights")))
+    s = json.loads((out / "summary.json").read_text())
+    assert s["gmm_components"] == 3 and math.isfinite(s["fd_alexnet_gmm"]) and s["fd_alexnet_gmm"] > 0
+    assert math.isfinite(s["fd_alexnet"]) and s["fd_alexnet"] > 0 and s["fd_alexnet"] != s["fd_alexnet_gmm"]
+    assert (trained / "samplers" / "gmm_full_3.safetensors").is_file()
