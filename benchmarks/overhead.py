@@ -1,7 +1,7 @@
 """Engine overhead: images/s of `vaeforge.train` vs a bare PyTorch loop with the same model, batch, optimizer,
 loss and threads, measured in one run; plus the data-wait fraction and peak memory of the training process.
 
-    python benchmarks/overhead.py --data data/lfw64 [--recipe lfw_unet] [--steps 60] [--threads 2]
+    python benchmarks/overhead.py --data data/lfw64 [--recipe lfw_unet] [--steps 100] [--threads 2] [--repeats 3]
 
 The bare loop trains on batches decoded into memory beforehand (no loader at all), so the ratio charges the
 engine with everything it adds: streaming and decoding, Accelerate, EMA, logging.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import resource
 import subprocess
 import sys
@@ -20,15 +21,14 @@ from pathlib import Path
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from bare_step import BareStep
 from vaeforge.config import load_config
 from vaeforge.data.loader import eval_batches
 from vaeforge.data.manifest import read_manifest, shard_paths
-from vaeforge.metrics import kl_per_dim
-from vaeforge.model import ImageSpec, build_model
 
 
 def bare_loop(cfg, data: Path, steps: int, warmup: int) -> float:
-    """Images/s of a hand-written loop: AdamW, MSE-sum + beta KL, grad clipping; batches preloaded."""
+    """Images/s of a hand-written loop (bare_step.BareStep) on preloaded batches."""
     manifest = read_manifest(data)
     batch = cfg.data.batch_size
     batches = []
@@ -37,20 +37,11 @@ def bare_loop(cfg, data: Path, steps: int, warmup: int) -> float:
             batches.append(b["image"])
         if len(batches) == steps + warmup:
             break
-    torch.manual_seed(0)
-    model = build_model(cfg.model, ImageSpec(int(manifest["image_size"])))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+    bare = BareStep(cfg, int(manifest["image_size"]))
     for i, images in enumerate(batches):
         if i == warmup:
             start = time.perf_counter()
-        x = images.float() / 255.0
-        out = model(x)
-        recon = (torch.sigmoid(out.logits) - x).square().flatten(1).sum(1).mean()
-        loss = recon + kl_per_dim(out.mu, out.logvar).sum(1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        opt.step()
+        bare.step(images.float() / 255.0, i)
     return steps * batch / (time.perf_counter() - start)
 
 
@@ -81,22 +72,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--recipe", default="lfw_unet")
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--repeats", type=int, default=3, help="alternating bare / engine rounds; medians reported")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config({"recipe": args.recipe})
-    bare = bare_loop(cfg, args.data, args.steps, args.warmup)
-    print(f"recipe {args.recipe}, batch {cfg.data.batch_size}, {args.threads} threads, {args.steps} timed steps")
+    bare, runs = [], {w: [] for w in args.workers}
+    for _ in range(args.repeats):  # alternate, so a slow phase of the machine hits both loops alike
+        bare.append(bare_loop(cfg, args.data, args.steps, args.warmup))
+        for workers in args.workers:
+            runs[workers].append(engine(args.recipe, args.data, args.steps, args.warmup, args.threads, workers))
+    base = statistics.median(bare)
+    print(f"recipe {args.recipe}, batch {cfg.data.batch_size}, {args.threads} threads, {args.steps} timed steps, "
+          f"median of {args.repeats} alternating rounds")
     print("| loop | loader workers | images/s | ratio to bare | data-wait fraction | peak RSS (MB) |")
     print("|---|---|---|---|---|---|")
-    print(f"| bare PyTorch | (preloaded) | {bare:.1f} | 1.00 | - | - |")
-    for workers in args.workers:
-        r = engine(args.recipe, args.data, args.steps, args.warmup, args.threads, workers)
-        print(f"| vaeforge.train | {workers} | {r['images_per_sec']:.1f} | {r['images_per_sec'] / bare:.3f} "
-              f"| {r['data_wait']:.3f} | {r['peak_rss_mb']:.0f} |")
+    print(f"| bare PyTorch | (preloaded) | {base:.1f} (runs: {', '.join(f'{b:.0f}' for b in bare)}) | 1.00 | - | - |")
+    for workers, results in runs.items():
+        rate = statistics.median(r["images_per_sec"] for r in results)
+        wait = statistics.median(r["data_wait"] for r in results)
+        peak = max(r["peak_rss_mb"] for r in results)
+        each = ", ".join(f"{r['images_per_sec']:.0f}" for r in results)
+        print(f"| vaeforge.train | {workers} | {rate:.1f} (runs: {each}) | {rate / base:.3f} | {wait:.3f} | {peak:.0f} |")
 
 
 if __name__ == "__main__":

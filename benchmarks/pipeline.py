@@ -3,8 +3,8 @@
     python benchmarks/pipeline.py --data data/lfw64 [--recipe lfw_unet] [--batches 60]
 
 1. Decoded images/s of the WebDataset loader with 0, 1 and 2 workers, against the rate at which a training
-   step of the recipe consumes images (forward + backward + AdamW on preloaded batches): the loader must be
-   faster than training for the data-wait fraction to stay low.
+   step of the recipe consumes images (bare_step.BareStep: its model, losses, precision, AdamW; preloaded):
+   the loader must be faster than training for the data-wait fraction to stay low.
 2. How the step time of the recipe's model grows with image size (32, 64, 128) and batch size.
 """
 from __future__ import annotations
@@ -15,11 +15,10 @@ from pathlib import Path
 
 import torch
 
+from bare_step import BareStep
 from vaeforge.config import load_config
 from vaeforge.data.loader import StreamSpec, train_loader
 from vaeforge.data.manifest import read_manifest, shard_paths
-from vaeforge.metrics import kl_per_dim
-from vaeforge.model import ImageSpec, build_model
 
 
 def loader_rate(data: Path, batch: int, batches: int, workers: int) -> float:
@@ -32,20 +31,13 @@ def loader_rate(data: Path, batch: int, batches: int, workers: int) -> float:
 
 
 def step_seconds(cfg, size: int, batch: int, steps: int = 5) -> float:
-    """Mean seconds of a training step (after one warm-up step) on random images."""
-    torch.manual_seed(0)
-    model = build_model(cfg.model, ImageSpec(size))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    """Mean seconds of the recipe's training step (bare_step.BareStep, after one warm-up step) on random images."""
+    bare = BareStep(cfg, size)
     x = torch.rand(batch, 3, size, size)
     for i in range(steps + 1):
         if i == 1:
             start = time.perf_counter()
-        out = model(x)
-        loss = (torch.sigmoid(out.logits) - x).square().flatten(1).sum(1).mean()
-        loss = loss + kl_per_dim(out.mu, out.logvar).sum(1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        bare.step(x, i)
     return (time.perf_counter() - start) / steps
 
 

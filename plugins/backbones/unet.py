@@ -17,8 +17,7 @@ from vaeforge.api import ConfigError, BackboneParts, ImageSpec, register_backbon
 class UNetConfig:
     widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # one stage per width, each halves H, W
     blocks_per_stage: int = 1
-    stem: int = 1  # 2 or 4: a strided stem conv shrinks the image before the first stage (and a matching
-    #                up-sampling head ends the decoder) so no residual block runs at full resolution: cheaper on CPU
+    stem: int = 1  # 1, 2 or 4: stem conv stride (decoder ends in a pixel shuffle); no block at full resolution
     groups: int = 8  # GroupNorm groups (reduced for narrow layers)
     attention: list[int] = field(default_factory=list)  # feature-map sizes (e.g. [8, 4]) that get self-attention
     attention_heads: int = 4  # reduced until it divides the stage's width

@@ -1,0 +1,33 @@
+"""A hand-written training step for a recipe: the baseline the engine's speed is compared with.
+
+The recipe's model and loss terms (vaeforge.losses.LossSet: the same code the engine runs), AdamW, gradient
+clipping and the recipe's autocast precision; nothing else (no loader, EMA, logging or checkpoints).
+"""
+from __future__ import annotations
+
+import torch
+
+from vaeforge.losses import LossSet
+from vaeforge.model import ImageSpec, build_model
+
+
+class BareStep:
+    """``step(x, i)`` trains the recipe's model one step on images ``x`` in [0, 1]."""
+
+    def __init__(self, cfg, image_size: int) -> None:
+        torch.manual_seed(0)
+        self.model = build_model(cfg.model, ImageSpec(image_size))
+        self.losses = LossSet(cfg.losses)
+        params = [*self.model.parameters(), *self.losses.parameters()]
+        self.params = params
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+        self.clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        self.bf16 = cfg.trainer.mixed_precision == "bf16"
+
+    def step(self, x: torch.Tensor, i: int) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            loss, _ = self.losses(self.model(x), x, i)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
