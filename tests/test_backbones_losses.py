@@ -84,7 +84,8 @@ def test_resnet_decoder_mirrors_the_encoder_and_loads_pretrained_weights(tmp_pat
     encoder_state = vae.encoder.features.state_dict()
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in encoder_state.items())
     widths = [m.out_channels for m in vae.decoder if isinstance(m, torch.nn.Conv2d)]
-    assert widths == [256, 128, 64, 64, 32, 3]  # resnet10t stages at strides 16, 8, 4, 2 mirrored; stem; RGB
+    assert widths == [256, 128, 64, 64, 3 * 2 * 2]  # resnet10t stages at strides 16, 8, 4, 2 mirrored; RGB x 2x2
+    assert isinstance(vae.decoder[-1], torch.nn.PixelShuffle)  # the stem's mirror: 2x2 pixels per position
     assert vae.posterior.in_features == 512 * 2 * 2  # the deepest 2x2 map of a 64x64 image, flattened
 
 
