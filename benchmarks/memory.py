@@ -24,12 +24,13 @@ TASKS = [
 ]
 
 
-def peak_rss_mb(cmd: list[str]) -> float:
-    """Run a command in a fresh process and return its peak RSS in MB (its own, not earlier children's)."""
+def peak_rss_mb(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    """Run a command in a fresh process (environment ``env``, default this one's) and return its peak RSS in MB
+    (its own, not earlier children's)."""
     code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL,"
             " stderr=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", code, *cmd], check=True, capture_output=True, text=True,
-                         env={**os.environ, "TQDM_DISABLE": "1"})
+                         env=env or {**os.environ, "TQDM_DISABLE": "1"})
     return int(out.stdout.strip()) / 1024
 
 

@@ -257,8 +257,8 @@ def evaluate(model: Trained, val: torch.Tensor, train: torch.Tensor, lpips: LPIP
         return frechet_distance(conv5(lpips, torch.cat([to_8bit(model.decode(c)) for c in z.split(EVAL_BATCH)])),
                                 real)
 
-    prior = torch.randn(samples, LATENT, generator=torch.Generator().manual_seed(0))
     mu = torch.cat([model.encode_mean(to_unit(chunk)) for chunk in train.split(EVAL_BATCH)])
+    prior = torch.randn(samples, mu.shape[1], generator=torch.Generator().manual_seed(0))  # the model's latent size
     mixture = LatentMixture.fit(mu, GMM_COMPONENTS, "full", seed=0)
     return {"psnr": float(psnr(recon, x).mean()), "ssim": float(ssim(recon, x).mean()),
             "lpips_alex": float(distance.mean()), "fd_conv5": sample_distance(prior),

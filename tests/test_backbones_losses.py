@@ -169,6 +169,24 @@ def test_perceptual_scale_gradient_and_checkpoint_state(alex_weights):
     assert terms.state_dict() == {} and list(terms.parameters()) == []  # frozen LPIPS: not trained or saved
 
 
+def test_perceptual_batch_fraction_trains_on_a_share_and_validates_on_all(alex_weights):
+    terms = loss_set({"perceptual": {"args": {"weights": str(alex_weights), "reduction": "mean",
+                                              "batch_fraction": 0.25}}})
+    target = torch.rand(8, 3, 32, 32)
+    logits = torch.randn(8, 3, 32, 32, requires_grad=True)
+    distance = LPIPS("alex", alex_weights)(torch.sigmoid(logits.detach()), target)
+    total, _ = terms(output(logits), target, step=0)
+    assert float(total.detach()) == pytest.approx(float(distance[:2].mean()), rel=1e-5)  # the first 2 of 8 images
+    total.backward()
+    touched = logits.grad.abs().sum((1, 2, 3)) > 0
+    assert touched.tolist() == [True, True] + [False] * 6
+    terms.eval()
+    total, _ = terms(output(logits), target, step=0)
+    assert float(total) == pytest.approx(float(distance.mean()), rel=1e-5)
+    with pytest.raises(ConfigError, match=r"batch_fraction must be in \(0, 1\], got 0"):
+        loss_set({"perceptual": {"args": {"weights": str(alex_weights), "batch_fraction": 0.0}}})
+
+
 def test_perceptual_without_weights_says_how_to_provide_them(tmp_path, monkeypatch):
     monkeypatch.delenv(ENV_WEIGHTS, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

@@ -35,6 +35,7 @@ COMPARE = [
     "data.num_workers=0", "data.val_max_batches=2", "data.val_batch_size=32", "trainer.log_every=4",
     "trainer.progress=false", "optim.schedule=constant", "optim.warmup_steps=0", "trainer.audit_samples=true",
     "trainer.val_every=4", "trainer.image_every=4", "trainer.checkpoint_every=0",
+    "trainer.ema_every=3",  # EMA updates after steps 0, 1, 2, 5: one of them covers steps of both launches
 ]
 STEPS = (4, 8)  # first launch trains to 4 (its final checkpoint), the second resumes from it to 8
 
@@ -85,6 +86,7 @@ def one_process_reference(shards: Path, keys: tuple[tuple[tuple[str, ...], ...],
     from vaeforge.losses import LossSet
     from vaeforge.model import ImageSpec, build_model
     from vaeforge.train.__main__ import resolve_config
+    from vaeforge.train import ema as ema_schedule
     from vaeforge.train.engine import TrainModule, to_float
 
     cfg = resolve_config([*overrides, f"data.shards={shards}"])
@@ -95,7 +97,7 @@ def one_process_reference(shards: Path, keys: tuple[tuple[tuple[str, ...], ...],
     ema = ModelEmaV3(module.vae, decay=cfg.trainer.ema_decay, use_warmup=True)
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                  weight_decay=cfg.optim.weight_decay)
+                                  weight_decay=cfg.optim.weight_decay, fused=True)
     rng = []
     for rank in range(world):
         set_seed(cfg.trainer.seed + rank)
@@ -109,9 +111,9 @@ def one_process_reference(shards: Path, keys: tuple[tuple[tuple[str, ...], ...],
             total, _, _ = module(x, x, step)
             (total / world).backward()
             rng[rank] = torch.get_rng_state()
-        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip, foreach=True)
         optimizer.step()
-        ema.update(module.vae, step=step)
+        ema_schedule.update(ema, module.vae, step, cfg.trainer.ema_every)
         history.append({"model": {k: v.clone() for k, v in module.vae.state_dict().items()},
                         "ema": {k: v.clone() for k, v in ema.module.state_dict().items()}})
     return history

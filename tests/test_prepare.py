@@ -9,9 +9,9 @@ import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import webdataset as wds
-from PIL import Image
 
 from vaeforge.data.images import load_image
 from vaeforge.data.lfw import read_attributes, read_emotions, read_gender
@@ -81,8 +81,8 @@ def test_samples_decode_and_carry_labels(lfw64):
     meta = json.loads(samples["Aaron_Peirsol_0001"]["json"])
     assert meta["identity"] == "Aaron_Peirsol" and meta["file"] == "Aaron_Peirsol_0001.jpg"
     assert meta["labels"]["happiness"] == 1 and meta["labels"]["neutral"] == 0 and meta["labels"]["gender_male"] == 1
-    image = Image.open(io.BytesIO(samples["Aaron_Peirsol_0001"]["png"]))
-    assert image.format == "PNG" and image.mode == "RGB" and image.size == (64, 64)
+    pixels = np.load(io.BytesIO(samples["Aaron_Peirsol_0001"]["npy"]), allow_pickle=False)
+    assert pixels.dtype == np.uint8 and pixels.shape == (64, 64, 3) and 40 < pixels.mean() < 215
     kumar = json.loads(samples["Alejandro_Toledo_0001"]["json"])["labels"]
     assert {name for name, column in manifest["label_columns"].items() if column["kind"] == "real"} <= set(kumar)
 
@@ -117,8 +117,15 @@ def test_changed_config_replaces_output(small_tgz, lfw_members, tmp_path):
     assert first["image_size"] == 64 and second["image_size"] == 32 and manifest_of(out) == second
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "small.tgz"]  # no staging leftovers
     with tarfile.open(out / "train-000000.tar") as tar:
-        png = next(tar.extractfile(m).read() for m in tar if m.name.endswith(".png"))  # type: ignore[union-attr]
-    assert Image.open(io.BytesIO(png)).size == (32, 32)
+        npy = next(tar.extractfile(m).read() for m in tar if m.name.endswith(".npy"))  # type: ignore[union-attr]
+    assert np.load(io.BytesIO(npy), allow_pickle=False).shape == (32, 32, 3)
+
+
+def test_an_output_of_the_png_format_is_rebuilt(small_tgz, tmp_path):
+    out = tmp_path / "out"
+    manifest = prepare(small_tgz, out, **SMALL)
+    (out / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))  # as written by format-1 vaeforge
+    assert prepare(small_tgz, out, **SMALL)["format"] == 2 and manifest_of(out)["format"] == 2
 
 
 def test_output_is_deterministic(small_tgz, tmp_path):

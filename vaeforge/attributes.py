@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
-
 from .errors import DataError
+from .tensorfile import read_tensors, write_tensors
 
 VECTORS_DIR = "vectors"  # attribute directions inside a run folder
 BINARY, REAL = "binary", "real"
@@ -33,18 +31,13 @@ class AttributeVector:
     source: str = ""  # what it was computed with (checkpoint, weights, image count), to tell stale files
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"attribute": self.attribute, "kind": self.kind, "count": str(self.count), "source": self.source}
-        save_file({"direction": self.direction.float().contiguous().cpu()}, str(path), metadata=meta)
+        write_tensors(path, {"direction": self.direction}, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> AttributeVector:
         """Read a saved direction; a missing or foreign file is a DataError naming it."""
-        try:
-            with safe_open(str(path), "pt") as fh:
-                meta, tensors = fh.metadata() or {}, {k: fh.get_tensor(k) for k in fh.keys()}
-        except (OSError, SafetensorError, ValueError) as exc:
-            raise DataError(f"vectors file {path}: not readable as an attribute vector ({exc})") from None
+        meta, tensors = read_tensors(path, "vectors file")
         if "direction" not in tensors or tensors["direction"].ndim != 1:
             raise DataError(f"vectors file {path}: no 1-d 'direction' tensor (has {sorted(tensors)})")
         return cls(meta.get("attribute", Path(path).stem), meta.get("kind", ""), tensors["direction"],

@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
-
 from .errors import ConfigError, DataError, did_you_mean
+from .tensorfile import read_tensors, write_tensors
 
 SAMPLERS_DIR = "samplers"  # fitted mixtures inside a run folder
 COVARIANCES = ("full", "diag")
@@ -74,19 +72,13 @@ class LatentMixture:
         return self.means[k] + temperature * (self.scale_tril[k] @ eps).squeeze(-1)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"weights": self.weights, "means": self.means, "scale_tril": self.scale_tril}
-        save_file({k: v.float().contiguous().cpu() for k, v in tensors.items()}, str(path),
-                  metadata={"source": self.source, "count": str(self.count)})
+        write_tensors(path, tensors, {"source": self.source, "count": str(self.count)})
 
     @classmethod
     def load(cls, path: str | Path) -> LatentMixture:
         """Read a saved mixture; a missing, foreign or damaged file is a DataError naming it."""
-        try:
-            with safe_open(str(path), "pt") as fh:
-                meta, t = fh.metadata() or {}, {k: fh.get_tensor(k) for k in fh.keys()}
-        except (OSError, SafetensorError, ValueError) as exc:
-            raise DataError(f"sampler file {path}: not readable as a latent mixture ({exc})") from None
+        meta, t = read_tensors(path, "sampler file")
         shapes = {k: list(v.shape) for k, v in t.items()}
         w, m, s = t.get("weights"), t.get("means"), t.get("scale_tril")
         if w is None or m is None or s is None or w.ndim != 1 or m.ndim != 2 or s.ndim != 3 \

@@ -34,11 +34,11 @@ def faulty(lfw64: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     good = list(wds.tarfile_to_samples()(iter([{"url": str(shard2)}])))[:40]
     with wds.TarWriter(str(shard2)) as writer:
         for i, sample in enumerate(good):
-            writer.write({k: v for k, v in sample.items() if k in ("__key__", "png", "json")})
+            writer.write({k: v for k, v in sample.items() if k in ("__key__", "npy", "json")})
             if i == 5:
-                writer.write({"__key__": "Garbage_0001", "png": b"\x89PNG garbage bytes", "json": b"{}"})
+                writer.write({"__key__": "Garbage_0001", "npy": b"\x93NUMPY garbage bytes", "json": b"{}"})
             if i == 9:
-                writer.write({"__key__": "Tiny_0001", "png": png(32), "json": b"{}"})
+                writer.write({"__key__": "Tiny_0001", "png": png(32), "json": b"{}"})  # format-1 shards held PNGs
     (out / "train-000003.tar").unlink()
     return out
 
@@ -57,7 +57,7 @@ def only(faulty: Path, *names: str) -> list[str]:
 
 
 def test_truncated_shard_is_named(faulty):
-    with pytest.raises(DataError, match=r"shard .*train-000001.tar: (unexpected end of data|sample .* has no png)"):
+    with pytest.raises(DataError, match=r"shard .*train-000001.tar: (unexpected end of data|sample .* has no npy or png image)"):
         list(eval_batches(only(faulty, "train-000001.tar"), 64, 0, 1, 64))
 
 

@@ -61,7 +61,8 @@ class TrainerConfig:
     max_time: Optional[float] = None  # seconds of training; stops with a checkpoint
     grad_accum: int = 1  # micro-batches per optimizer step
     mixed_precision: str = "no"  # no | bf16 | fp16
-    ema_decay: float = 0.999  # 0 disables the EMA of weights
+    ema_decay: float = 0.999  # per-step decay of the EMA of weights; 0 disables it
+    ema_every: int = 1  # steps between EMA updates, each standing for that many (decay ** ema_every): cheaper
     seed: int = 0  # same seed, same run (weights, data order, noise)
     log_every: int = 25  # steps between TensorBoard scalar logs
     val_every: int = 500  # steps between validation passes; 0 disables

@@ -60,7 +60,12 @@ class ErrorPolicy:
     def __call__(self, exc: Exception) -> bool:
         """The webdataset handler for shard-level errors (missing, truncated, not a tar)."""
         url = next((a for a in reversed(exc.args) if isinstance(a, str) and a.endswith(".tar")), None)
-        error = exc if isinstance(exc, DataError) else DataError(f"shard {url or '?'}: {exc.args[0] if exc.args else exc}")
+        message = str(exc.args[0]) if exc.args else str(exc)
+        if not isinstance(exc, DataError):
+            message = f"shard ?: {message}"
+        if url:  # webdataset may add the shard's url only as the error passes its outer layer
+            message = message.replace("shard ?", f"shard {url}", 1)
+        error = DataError(message)
         if not self.skip:
             raise error from exc
         self.count += 1
@@ -76,18 +81,27 @@ class ErrorPolicy:
 
 
 def decode_sample(sample: dict, image_size: int | None = None) -> tuple[torch.Tensor, str]:
-    """PNG bytes -> uint8 tensor ``[C, H, W]``; a broken or wrong-size image names its shard and key."""
+    """Pixels (``npy``; ``png`` in shards of format 1) -> uint8 tensor ``[C, H, W]``; a broken or wrong-size
+    image names its shard and key."""
     where = f"shard {sample.get('__url__')}: sample '{sample.get('__key__')}'"
-    if "png" not in sample:
-        raise DataError(f"{where} has no png image (has: {', '.join(k for k in sample if not k.startswith('__'))})")
     try:
-        with Image.open(io.BytesIO(sample["png"])) as img:
-            array = np.asarray(img.convert("RGB"))
+        if "npy" in sample:
+            array = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
+            if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+                raise ValueError(f"array of {array.dtype} {list(array.shape)}, expected uint8 [H, W, 3]")
+        elif "png" in sample:
+            with Image.open(io.BytesIO(sample["png"])) as img:
+                array = np.array(img.convert("RGB"))  # writable: torch shares its memory
+        else:
+            has = ", ".join(k for k in sample if not k.startswith("__"))
+            raise DataError(f"{where} has no npy or png image (has: {has})")
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(f"{where} is unreadable ({exc})") from None
     if image_size is not None and array.shape[:2] != (image_size, image_size):
         raise DataError(f"{where} is {array.shape[1]}x{array.shape[0]}, the dataset's size is {image_size}x{image_size}")
-    return torch.from_numpy(array.copy()).permute(2, 0, 1), sample["__key__"]
+    return torch.from_numpy(array).permute(2, 0, 1), sample["__key__"]
 
 
 def _read(shards: list[str], policy: ErrorPolicy) -> Iterator[dict]:

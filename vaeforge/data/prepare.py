@@ -1,12 +1,15 @@
 """LFW -> WebDataset shards + ``manifest.json``, split by identity, built atomically and idempotently.
 
 Output (read by the streaming loader): ``train-000000.tar``..., ``val-000000.tar``... with samples
-``<key>.png`` (cropped, resized RGB) and ``<key>.json`` ({identity, file, labels}), and ``manifest.json``.
+``<key>.npy`` (cropped, resized RGB pixels, uint8 ``[H, W, 3]``) and ``<key>.json`` ({identity, file, labels}),
+and ``manifest.json``. Pixels are stored raw, not as PNG: decoding a 64x64 PNG costs ~5x as much CPU as reading
+an .npy array, and on a CPU the loader shares the cores with training (the shards are ~50% larger).
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import io
 import json
 import os
 import random
@@ -18,6 +21,7 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
@@ -38,7 +42,7 @@ from .lfw import (
 OFFICIAL_URL = "http://vis-www.cs.umass.edu/lfw/lfw-deepfunneled.tgz"
 OFFICIAL_CHECKSUM = "md5:68331da3eb755a505a502b5aacb3c201"
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # 1: PNG pixels (still read by the loader; prepare rebuilds it); 2: .npy pixels
 DOWNLOAD_DIR = "download"
 SPLITS = ("train", "val")
 LABEL_FILES = ("attributes", "emotions", "gender_male", "gender_female")
@@ -247,10 +251,12 @@ def _write_split(folder: Path, split: str, images: list[LfwImage], labels: Label
 
 
 def _sample(image: LfwImage, labels: Labels, config: dict[str, Any]) -> dict[str, Any]:
-    """One WebDataset sample: the cropped, resized image (encoded as PNG by the writer) and its metadata."""
+    """One WebDataset sample: the cropped, resized image as an .npy uint8 array and its metadata."""
     pixels = crop_resize(decode_image(image.data, image.where), tuple(config["crop"]), config["image_size"])
     meta = {"identity": image.identity, "file": image.file, "labels": labels.values.get(image.file, {})}
-    return {"__key__": image.key, "png": pixels, "json": meta}
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(pixels, dtype=np.uint8), allow_pickle=False)
+    return {"__key__": image.key, "npy": buffer.getvalue(), "json": meta}
 
 
 def _label_columns(labels: Labels, images: list[LfwImage]) -> dict[str, dict[str, Any]]:
@@ -279,13 +285,13 @@ def _read_manifest(out: Path) -> dict[str, Any] | None:
         manifest = json.loads((out / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    ours = isinstance(manifest, dict) and manifest.get("format") == FORMAT and "splits" in manifest
+    ours = isinstance(manifest, dict) and manifest.get("format") in (1, FORMAT) and "splits" in manifest
     return manifest if ours else None
 
 
 def _is_up_to_date(manifest: dict[str, Any], out: Path, config: dict[str, Any], source_info: dict[str, Any]) -> bool:
     """Same settings, same source and label bytes, and every shard still present."""
-    if manifest.get("config") != config or manifest.get("source") != source_info:
+    if manifest.get("format") != FORMAT or manifest.get("config") != config or manifest.get("source") != source_info:
         return False
     return all((out / shard["name"]).is_file() for split in manifest["splits"].values() for shard in split["shards"])
 

@@ -36,6 +36,7 @@ from ..model import VAE, ImageSpec, build_model
 from ..rundir import CONFIG_FILE, LOCK_FILE, MANIFEST_COPY, RUN_FILE
 from . import checkpoint as ckpt
 from . import distributed as dist
+from . import ema as ema_schedule
 from .monitor import Monitor
 from .schedule import lr_factor
 
@@ -102,11 +103,11 @@ class Trainer:
         set_seed(t.seed)  # same initial weights on every rank
         vae = build_model(cfg.model, self.image)
         self.module = TrainModule(vae, LossSet(cfg.losses))
+        ema_schedule.check_every(t.ema_every)
         self.ema = ModelEmaV3(vae, decay=t.ema_decay, use_warmup=True) if t.ema_decay > 0 else None
         params = [p for p in self.module.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(  # foreach: one kernel per step for all tensors (PyTorch's CPU default is
-            params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay,  # a loop)
-            foreach=True,
+        optimizer = torch.optim.AdamW(  # fused: one kernel for all tensors (PyTorch's CPU default is a loop)
+            params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay, fused=True,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
@@ -289,6 +290,7 @@ class Trainer:
         per latent dim, summed over all ranks' shards."""
         vae, losses = self._eval_modules()
         vae.eval()
+        losses.eval()  # terms may train on part of a batch (perceptual batch_fraction), validation is whole
         sums: dict[str, torch.Tensor] = {}
         kl_dims = torch.zeros(vae.latent_dim, device=self.acc.device)
         count = torch.zeros((), device=self.acc.device)
@@ -312,6 +314,7 @@ class Trainer:
                 kl_dims += kl_per_dim(out.mu, out.logvar).sum(0)
                 count += n
         vae.train()
+        losses.train()
         keys = sorted(sums)
         packed = torch.stack([sums[k] for k in keys] + [count]) if keys else count.reshape(1)
         packed = self.acc.reduce(packed, reduction="sum")
@@ -451,7 +454,11 @@ class Trainer:
         """Clip and step; returns the gradient norm and whether the update was applied. A non-finite update is
         skipped: by the fp16 GradScaler or DeepSpeed themselves (they also lower the loss scale; DeepSpeed has
         already stepped inside ``backward``), otherwise here."""
-        norm = self.acc.clip_grad_norm_(params, clip)  # DeepSpeed: its own norm (it clips by its config)
+        if self.zero_stage is not None:
+            norm = self.acc.clip_grad_norm_(params, clip)  # DeepSpeed: its own norm (it clips by its config)
+        else:
+            self.acc.unscale_gradients()  # fp16: the true gradients (no-op otherwise)
+            norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)  # CPU default: a per-tensor loop
         norm = float("nan") if norm is None else float(norm)
         if self.acc.scaler is not None or self.zero_stage is not None:
             self.optimizer.step()
@@ -462,11 +469,11 @@ class Trainer:
         return norm, True
 
     def _update_ema(self, step: int) -> None:
-        if self.ema is None:
+        if self.ema is None or not ema_schedule.steps_covered(step, self.cfg.trainer.ema_every):
             return
         vae = self.live.vae
         with dist.gathered(vae.parameters(), self.zero_stage):
-            self.ema.update(vae, step=step)
+            ema_schedule.update(self.ema, vae, step, self.cfg.trainer.ema_every)
 
     def _log_train(self, total, logs, out, grad_norm, images_per_sec: float, wait_fraction: float) -> None:
         s = self.state
