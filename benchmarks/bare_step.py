@@ -19,9 +19,8 @@ class BareStep:
         torch.manual_seed(0)
         self.model = build_model(cfg.model, ImageSpec(image_size))
         self.losses = LossSet(cfg.losses)
-        params = [*self.model.parameters(), *self.losses.parameters()]
-        self.params = params
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), fused=True)
+        self.params = [*self.model.parameters(), *self.losses.parameters()]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), fused=True)
         self.clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
         self.bf16 = cfg.trainer.mixed_precision == "bf16"
 

@@ -62,7 +62,7 @@ def bare(args: argparse.Namespace) -> float:
     return float(out.stdout.split()[-1])
 
 
-def engine(args: argparse.Namespace, workers: int) -> dict[str, float]:
+def engine(args: argparse.Namespace, batch: int, workers: int) -> dict[str, float]:
     """Images/s of `python -m vaeforge.train` between step `warmup` and the end, from its own TensorBoard
     wall times; its mean data-wait fraction; and its peak RSS."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,7 +77,6 @@ def engine(args: argparse.Namespace, workers: int) -> dict[str, float]:
         acc.Reload()
         loss = {e.step: e.wall_time for e in acc.Scalars("train/loss")}
         waits = [e.value for e in acc.Scalars("perf/data_wait_fraction") if e.step > args.warmup]
-        batch = load_config({"recipe": args.recipe}).data.batch_size
         seconds = loss[args.steps + args.warmup] - loss[args.warmup]
         return {"images_per_sec": args.steps * batch / seconds, "data_wait": sum(waits) / len(waits),
                 "peak_rss_mb": peak}
@@ -104,7 +103,7 @@ def main() -> None:
     rates, runs = [bare(args)], {w: [] for w in args.workers}
     for _ in range(args.rounds):  # this machine's speed drifts by 15% over minutes: pair each run with its neighbours
         for workers in args.workers:
-            runs[workers].append(engine(args, workers))
+            runs[workers].append(engine(args, cfg.data.batch_size, workers))
         rates.append(bare(args))
     print(f"recipe {args.recipe}, batch {cfg.data.batch_size}, {args.threads} threads, {args.steps} timed steps, "
           f"{args.rounds} rounds")

@@ -113,7 +113,9 @@ def one_process_reference(shards: Path, keys: tuple[tuple[tuple[str, ...], ...],
             rng[rank] = torch.get_rng_state()
         torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip, foreach=True)
         optimizer.step()
-        ema_schedule.update(ema, module.vae, step, cfg.trainer.ema_every)
+        covered = ema_schedule.steps_covered(step, cfg.trainer.ema_every)
+        if covered:
+            ema_schedule.update(ema, module.vae, step, covered)
         history.append({"model": {k: v.clone() for k, v in module.vae.state_dict().items()},
                         "ema": {k: v.clone() for k, v in ema.module.state_dict().items()}})
     return history

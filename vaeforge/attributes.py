@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
 from .errors import DataError
 from .tensorfile import read_tensors, write_tensors
 

@@ -84,19 +84,17 @@ def decode_sample(sample: dict, image_size: int | None = None) -> tuple[torch.Te
     """Pixels (``npy``; ``png`` in shards of format 1) -> uint8 tensor ``[C, H, W]``; a broken or wrong-size
     image names its shard and key."""
     where = f"shard {sample.get('__url__')}: sample '{sample.get('__key__')}'"
+    if "npy" not in sample and "png" not in sample:
+        has = ", ".join(k for k in sample if not k.startswith("__"))
+        raise DataError(f"{where} has no npy or png image (has: {has})")
     try:
         if "npy" in sample:
             array = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
             if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
                 raise ValueError(f"array of {array.dtype} {list(array.shape)}, expected uint8 [H, W, 3]")
-        elif "png" in sample:
+        else:
             with Image.open(io.BytesIO(sample["png"])) as img:
                 array = np.array(img.convert("RGB"))  # writable: torch shares its memory
-        else:
-            has = ", ".join(k for k in sample if not k.startswith("__"))
-            raise DataError(f"{where} has no npy or png image (has: {has})")
-    except DataError:
-        raise
     except Exception as exc:
         raise DataError(f"{where} is unreadable ({exc})") from None
     if image_size is not None and array.shape[:2] != (image_size, image_size):

@@ -43,6 +43,7 @@ OFFICIAL_URL = "http://vis-www.cs.umass.edu/lfw/lfw-deepfunneled.tgz"
 OFFICIAL_CHECKSUM = "md5:68331da3eb755a505a502b5aacb3c201"
 MANIFEST = "manifest.json"
 FORMAT = 2  # 1: PNG pixels (still read by the loader; prepare rebuilds it); 2: .npy pixels
+KNOWN_FORMATS = (1, 2)  # outputs of these formats are ours: replaced when out of date, never refused
 DOWNLOAD_DIR = "download"
 SPLITS = ("train", "val")
 LABEL_FILES = ("attributes", "emotions", "gender_male", "gender_female")
@@ -285,7 +286,7 @@ def _read_manifest(out: Path) -> dict[str, Any] | None:
         manifest = json.loads((out / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    ours = isinstance(manifest, dict) and manifest.get("format") in (1, FORMAT) and "splits" in manifest
+    ours = isinstance(manifest, dict) and manifest.get("format") in KNOWN_FORMATS and "splits" in manifest
     return manifest if ours else None
 
 

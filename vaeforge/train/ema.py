@@ -27,8 +27,7 @@ def steps_covered(step: int, every: int) -> int:
     return every if (step + 1) % every == 0 else 0
 
 
-def update(ema: ModelEmaV3, model: nn.Module, step: int, every: int) -> None:
-    """The EMA update due after optimizer step ``step`` (0-based), if any."""
-    covered = steps_covered(step, every)
-    if covered:
-        ema.apply_update_(model, ema.get_decay(step) ** covered)
+def update(ema: ModelEmaV3, model: nn.Module, step: int, covered: int) -> None:
+    """The EMA update after optimizer step ``step`` (0-based), standing for ``covered`` steps
+    (``steps_covered(step, every)``, non-zero)."""
+    ema.apply_update_(model, ema.get_decay(step) ** covered)

@@ -469,11 +469,12 @@ class Trainer:
         return norm, True
 
     def _update_ema(self, step: int) -> None:
-        if self.ema is None or not ema_schedule.steps_covered(step, self.cfg.trainer.ema_every):
+        covered = ema_schedule.steps_covered(step, self.cfg.trainer.ema_every)
+        if self.ema is None or not covered:  # before gathering: under ZeRO-3 that is a collective
             return
         vae = self.live.vae
         with dist.gathered(vae.parameters(), self.zero_stage):
-            ema_schedule.update(self.ema, vae, step, self.cfg.trainer.ema_every)
+            ema_schedule.update(self.ema, vae, step, covered)
 
     def _log_train(self, total, logs, out, grad_norm, images_per_sec: float, wait_fraction: float) -> None:
         s = self.state
