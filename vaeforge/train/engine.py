@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import hashlib
 import json
 import math
@@ -60,6 +61,23 @@ class TrainModule(nn.Module):
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 images ``[B, C, H, W]`` -> float in [0, 1]."""
     return images.float().div_(255.0)
+
+
+@contextlib.contextmanager
+def frozen_heap():
+    """Exempt every object alive now from the garbage collector's full passes while the block runs.
+
+    After set-up a training process holds ~400k long-lived Python objects (torch, accelerate, plugins). The
+    autograd's per-step allocations trigger a full collection every few steps, each walking all of them (~0.1 s
+    on a CPU, several % of training time); frozen, they are skipped. Loader workers forked inside the block
+    inherit the frozen heap, so their collections skip it too (and do not copy its pages).
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:
@@ -378,7 +396,8 @@ class Trainer:
             (self.run_dir / "audit").mkdir(exist_ok=True)
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
-            self._loop()
+            with frozen_heap():
+                self._loop()
         finally:
             signal.signal(signal.SIGTERM, previous)
         self.save()
