@@ -59,9 +59,11 @@ def in_queue(job_id: str, slurm_env: dict[str, str]) -> bool:
 
 def test_dry_run_prints_the_sbatch_script_and_the_launch(tmp_path):
     run_dir = tmp_path / "run"
+    no_slurm = env(PATH=str(BIN))  # a laptop without SLURM's commands can still render the job
     out = submit("recipe=lfw_unet", "data.shards=data/lfw64", f"run_dir={run_dir}", "slurm=local",
                  "slurm.nodes=2", "slurm.gpus_per_node=4", "slurm.tasks_per_node=0", "slurm.partition=gpu",
-                 "slurm.account=vision", "slurm.deepspeed=zero3", "slurm.time_min=90", "--dry-run").stdout
+                 "slurm.account=vision", "slurm.deepspeed=zero3", "slurm.time_min=90", "--dry-run",
+                 env=no_slurm).stdout
     for line in ["#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
                  "#SBATCH --partition=gpu", "#SBATCH --account=vision", "#SBATCH --time=90",
                  "#SBATCH --signal=USR2@30", f"#SBATCH --output={run_dir}/slurm/%j_0_log.out",
@@ -71,7 +73,7 @@ def test_dry_run_prints_the_sbatch_script_and_the_launch(tmp_path):
     assert re.search(r"ACCELERATE_DEEPSPEED_CONFIG_FILE=\S+/deepspeed/zero3\.json", out)
     assert f"-m vaeforge.train recipe=lfw_unet data.shards=data/lfw64 run_dir={run_dir} resume=true" in out
     assert not run_dir.exists()  # nothing submitted, nothing written
-    wrong = submit("recipe=lfw_unet", "slurm=locl", "--dry-run", check=False)
+    wrong = submit("recipe=lfw_unet", "slurm=locl", "--dry-run", check=False, env=no_slurm)
     assert wrong.returncode == 2 and "unknown slurm profile 'locl'" in wrong.stderr and "'local'" in wrong.stderr
 
 

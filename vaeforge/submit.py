@@ -195,11 +195,17 @@ def training_job(train_args: list[str], slurm: SlurmConfig) -> TrainJob:
     return TrainJob(kept, str(run_dir), env, slurm.master_addr)
 
 
-def executor(slurm: SlurmConfig, folder: Path) -> Any:
-    """A submitit SLURM executor with the profile's resources (nothing is created until submit)."""
+def executor(slurm: SlurmConfig, folder: Path, dry_run: bool = False) -> Any:
+    """A submitit SLURM executor with the profile's resources (nothing is created until submit). A dry run only
+    renders the sbatch script, so it also works where SLURM is not installed (submitit refuses without srun)."""
     import submitit
 
-    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=slurm.max_requeues)
+    class Renderer(submitit.SlurmExecutor):
+        @classmethod
+        def affinity(cls) -> int:
+            return 1
+
+    ex = (Renderer if dry_run else submitit.SlurmExecutor)(folder=folder, max_num_timeout=slurm.max_requeues)
     params = {
         "job_name": slurm.job_name, "partition": slurm.partition, "account": slurm.account,
         "constraint": slurm.constraint, "qos": slurm.qos, "nodes": slurm.nodes,
@@ -232,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     train_args = [a for a in argv if a != DRY_RUN and not a.split("=", 1)[0].split(".")[0] == "slurm"]
     job = training_job(train_args, slurm)
     run_dir = Path(job.run_dir)
-    ex = executor(slurm, run_dir / LOG_DIR)
+    ex = executor(slurm, run_dir / LOG_DIR, dry_run)
     if dry_run:
         print("# sbatch script (not submitted)")
         print(ex._make_submission_file_text(ex._submitit_command_str, "dry-run"))
