@@ -73,9 +73,11 @@ def test_non_editable_install_imports_engine_and_plugins(tmp_path):
         "  'backbones': REGISTRY.names('backbone'), 'recipes': sorted(available_recipes())}))\n"
     )
     clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    # -S keeps the editable install of the checkout off sys.path: only the target folder provides vaeforge.
+    # -S keeps the editable install of the checkout off sys.path: only the target folder provides vaeforge. The
+    # dependencies come after the standard library, as usual (pythae's `dataclasses` backport must not shadow it).
     site_pkgs = next(p for p in sys.path if p.endswith("site-packages"))
-    out = run([PY, "-S", "-c", f"import sys; sys.path[:0] = [{str(target)!r}, {site_pkgs!r}]\n" + code],
+    out = run([PY, "-S", "-c", f"import sys; sys.path[:0] = [{str(target)!r}]; sys.path.append({site_pkgs!r})\n"
+               + code],
               cwd=tmp_path, env=clean).stdout
     info = json.loads(out)
     assert info["vaeforge"].startswith(str(target)) and info["plugins"].startswith(str(target))
