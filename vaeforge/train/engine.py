@@ -68,7 +68,7 @@ def frozen_heap():
     """Exempt every object alive now from the garbage collector's full passes while the block runs.
 
     After set-up a training process holds ~400k long-lived Python objects (torch, accelerate, plugins). The
-    autograd's per-step allocations trigger a full collection every few steps, each walking all of them (~0.1 s
+    autograd's per-step allocations trigger a full collection every ~20 steps, each walking all of them (~0.1 s
     on a CPU, several % of training time); frozen, they are skipped. Loader workers forked inside the block
     inherit the frozen heap, so their collections skip it too (and do not copy its pages).
     """
