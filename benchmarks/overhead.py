@@ -4,11 +4,14 @@ loss and threads, measured in one run; plus the data-wait fraction and peak memo
     python benchmarks/overhead.py --data data/lfw64 [--recipe lfw_unet] [--steps 60] [--threads 2] [--rounds 7]
 
 The bare loop trains on batches decoded into memory beforehand (no loader at all), so the ratio charges the
-engine with everything it adds: streaming and decoding, Accelerate, EMA, logging.
+engine with everything it adds: streaming and decoding, Accelerate, EMA, logging. Two designs, both printed:
+separate processes in alternating rounds, and both loops in one process in alternating blocks of steps (this
+machine's speed drifts by 10-20% over minutes; within a block pair it cancels).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -25,6 +28,13 @@ from memory import peak_rss_mb
 from vaeforge.config import load_config
 from vaeforge.data.loader import eval_batches
 from vaeforge.data.manifest import read_manifest, shard_paths
+
+
+def engine_overrides(args: argparse.Namespace) -> list[str]:
+    """Both designs: TensorBoard scalars every ``--warmup`` steps (more often than the recipes log; the separate-
+    process design times the engine by them), no validation, grids or interim checkpoints, no lr warm-up."""
+    return [f"trainer.log_every={args.warmup}", "trainer.val_every=0", "trainer.image_every=0",
+            "trainer.checkpoint_every=0", "trainer.progress=false", "optim.warmup_steps=0"]
 
 
 def preload(cfg, data: Path, count: int) -> list[torch.Tensor]:
@@ -53,13 +63,19 @@ def launch_env(threads: int) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
 
 
+def child(args: argparse.Namespace, flag: str) -> str:
+    """This script's ``flag`` mode in a fresh process started like the engine's (same interpreter, environment
+    and threads); its standard output."""
+    cmd = [sys.executable, __file__, flag, "--data", str(args.data), "--recipe", args.recipe, "--steps",
+           str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads), "--blocks",
+           str(args.blocks), "--block", str(args.block)]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, env=launch_env(args.threads)).stdout
+
+
 def bare(args: argparse.Namespace) -> float:
-    """Images/s of the bare loop in a fresh process started like the engine's (same interpreter, environment and
-    threads), so that neither loop runs in a process warmed up by the other."""
-    cmd = [sys.executable, __file__, "--bare", "--data", str(args.data), "--recipe", args.recipe,
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=launch_env(args.threads))
-    return float(out.stdout.split()[-1])
+    """Images/s of the bare loop in a fresh process, so that neither loop runs in a process warmed up by the
+    other."""
+    return float(child(args, "--bare").split()[-1])
 
 
 def engine(args: argparse.Namespace, batch: int, workers: int) -> dict[str, float]:
@@ -68,10 +84,8 @@ def engine(args: argparse.Namespace, batch: int, workers: int) -> dict[str, floa
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "vaeforge.train", f"recipe={args.recipe}", f"data.shards={args.data}",
-               f"run_dir={run_dir}", f"trainer.max_steps={args.steps + args.warmup}",
-               f"trainer.log_every={args.warmup}", "trainer.val_every=0", "trainer.image_every=0",
-               "trainer.checkpoint_every=0", "trainer.progress=false", f"data.num_workers={workers}",
-               "optim.warmup_steps=0"]
+               f"run_dir={run_dir}", f"trainer.max_steps={args.steps + args.warmup}", *engine_overrides(args),
+               f"data.num_workers={workers}"]
         peak = peak_rss_mb(cmd, launch_env(args.threads))
         acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
         acc.Reload()
@@ -80,6 +94,50 @@ def engine(args: argparse.Namespace, batch: int, workers: int) -> dict[str, floa
         seconds = loss[args.steps + args.warmup] - loss[args.warmup]
         return {"images_per_sec": args.steps * batch / seconds, "data_wait": sum(waits) / len(waits),
                 "peak_rss_mb": peak}
+
+
+def interleaved(args: argparse.Namespace) -> dict[str, list[float]]:
+    """Engine and bare loop in one process, alternating blocks of ``--block`` steps: the real ``Trainer.fit``
+    (its loader decoding in-process, so that all of its data work is charged to it), and after each engine block
+    a bare block on preloaded batches, timed on its own. Images/s per block of each."""
+    from vaeforge.train.__main__ import resolve_config
+    from vaeforge.train.engine import Trainer
+
+    total = args.warmup + args.blocks * args.block
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = resolve_config([f"recipe={args.recipe}", f"data.shards={args.data}", f"run_dir={tmp}/run",
+                              f"trainer.max_steps={total}", *engine_overrides(args), "data.num_workers=0"])
+        batch = cfg.data.batch_size
+        batches = preload(cfg, args.data, args.block)
+        bare = BareStep(cfg, int(read_manifest(args.data)["image_size"]))
+        for i in range(args.warmup):
+            bare.step(batches[i % args.block], i)
+        trainer = Trainer(cfg)
+        rates: dict[str, list[float]] = {"engine": [], "bare": []}
+        done, since = 0, 0.0
+        scheduler_step = trainer.scheduler.step
+
+        def after_each_step(*a, **kw) -> None:  # the engine steps its lr schedule once per applied update
+            nonlocal done, since
+            scheduler_step(*a, **kw)
+            done += 1
+            if done < args.warmup or (done - args.warmup) % args.block:
+                return
+            now = time.perf_counter()
+            if done > args.warmup:
+                rates["engine"].append(args.block * batch / (now - since))
+            if done < total:
+                for i, images in enumerate(batches):
+                    bare.step(images, i)
+                rates["bare"].append(args.block * batch / (time.perf_counter() - now))
+            since = time.perf_counter()
+
+        trainer.scheduler.step = after_each_step
+        try:
+            trainer.fit()
+        finally:
+            trainer.close()
+    return rates
 
 
 def main() -> None:
@@ -92,13 +150,19 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--rounds", type=int, default=7, help="engine runs per worker setting, each between two "
                         "bare runs; the ratio is the median over rounds of engine / mean of its two bare runs")
+    parser.add_argument("--blocks", type=int, default=12, help="engine/bare block pairs in the one-process design")
+    parser.add_argument("--block", type=int, default=20, help="steps per block in the one-process design")
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)  # run the bare loop, print images/s
+    parser.add_argument("--interleaved", action="store_true", help=argparse.SUPPRESS)  # run it, print JSON
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config({"recipe": args.recipe})
     if args.bare:
         batches = preload(cfg, args.data, args.steps + args.warmup)
         print(bare_loop(cfg, int(read_manifest(args.data)["image_size"]), batches, args.warmup))
+        return
+    if args.interleaved:
+        print(json.dumps(interleaved(args)))
         return
     rates, runs = [bare(args)], {w: [] for w in args.workers}
     for _ in range(args.rounds):  # this machine's speed drifts by 15% over minutes: pair each run with its neighbours
@@ -120,6 +184,16 @@ def main() -> None:
         print(f"| vaeforge.train | {workers} | {statistics.median(rate):.1f} ({', '.join(f'{r:.0f}' for r in rate)}) "
               f"| **{statistics.median(ratio):.3f}** ({', '.join(f'{r:.2f}' for r in ratio)}) | {wait:.3f} "
               f"| {peak:.0f} |")
+
+    rates = json.loads(child(args, "--interleaved").splitlines()[-1])
+    ratio = [e / b for e, b in zip(rates["engine"], rates["bare"])]
+    print(f"\nOne process, {args.blocks} pairs of {args.block}-step blocks (engine decoding in-process, 0 workers)")
+    print("| loop | images/s (median; each block) | ratio to bare (median; each block pair) |")
+    print("|---|---|---|")
+    for name, label in (("bare", "bare PyTorch"), ("engine", "vaeforge.train")):
+        each = ", ".join(f"{r:.0f}" for r in rates[name])
+        print(f"| {label} | {statistics.median(rates[name]):.1f} ({each}) | " + (
+            "1 |" if name == "bare" else f"**{statistics.median(ratio):.3f}** ({', '.join(f'{r:.2f}' for r in ratio)}) |"))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import ConfigError, DataError, did_you_mean
+from .npy import read_npy
 
 ON_ERROR = ("raise", "skip")
 
@@ -89,7 +90,7 @@ def decode_sample(sample: dict, image_size: int | None = None) -> tuple[torch.Te
         raise DataError(f"{where} has no npy or png image (has: {has})")
     try:
         if "npy" in sample:
-            array = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
+            array = read_npy(sample["npy"])
             if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
                 raise ValueError(f"array of {array.dtype} {list(array.shape)}, expected uint8 [H, W, 3]")
         else:
