@@ -126,6 +126,8 @@ def interleaved(args: argparse.Namespace) -> dict[str, list[float]]:
             now = time.perf_counter()
             if done > args.warmup:
                 rates["engine"].append(args.block * batch / (now - since))
+            if done == total:  # unhook before the final checkpoint saves the scheduler's attributes
+                del trainer.scheduler.step
             if done < total:
                 for i, images in enumerate(batches):
                     bare.step(images, i)
