@@ -59,6 +59,13 @@ def bare_loop(cfg, image_size: int, batches: list[torch.Tensor], warmup: int) ->
     return (len(batches) - warmup) * cfg.data.batch_size / (time.perf_counter() - start)
 
 
+def listed(values: list[float], digits: int, bold: bool = False) -> str:
+    """A table cell for a measured series: its median (``digits`` decimals), then each value (one fewer)."""
+    median = f"{statistics.median(values):.{digits}f}"
+    each = ", ".join(f"{v:.{max(digits - 1, 0)}f}" for v in values)
+    return f"{f'**{median}**' if bold else median} ({each})"
+
+
 def launch_env(threads: int) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
 
@@ -128,10 +135,10 @@ def interleaved(args: argparse.Namespace) -> dict[str, list[float]]:
                 rates["engine"].append(args.block * batch / (now - since))
             if done == total:  # unhook before the final checkpoint saves the scheduler's attributes
                 del trainer.scheduler.step
-            if done < total:
-                for i, images in enumerate(batches):
-                    bare.step(images, i)
-                rates["bare"].append(args.block * batch / (time.perf_counter() - now))
+                return
+            for i, images in enumerate(batches):
+                bare.step(images, i)
+            rates["bare"].append(args.block * batch / (time.perf_counter() - now))
             since = time.perf_counter()
 
         trainer.scheduler.step = after_each_step
@@ -176,27 +183,22 @@ def main() -> None:
     print("| loop | loader workers | images/s (median; each round) | ratio to bare (median; each round) "
           "| data-wait fraction | peak RSS (MB) |")
     print("|---|---|---|---|---|---|")
-    each = ", ".join(f"{b:.0f}" for b in rates)
-    print(f"| bare PyTorch | (preloaded) | {statistics.median(rates):.1f} ({each}) | 1 | - | - |")
+    print(f"| bare PyTorch | (preloaded) | {listed(rates, 1)} | 1 | - | - |")
     for workers, results in runs.items():
         rate = [r["images_per_sec"] for r in results]
         ratio = [r / ((rates[i] + rates[i + 1]) / 2) for i, r in enumerate(rate)]
         wait = statistics.median(r["data_wait"] for r in results)
         peak = max(r["peak_rss_mb"] for r in results)
-        print(f"| vaeforge.train | {workers} | {statistics.median(rate):.1f} ({', '.join(f'{r:.0f}' for r in rate)}) "
-              f"| **{statistics.median(ratio):.3f}** ({', '.join(f'{r:.2f}' for r in ratio)}) | {wait:.3f} "
+        print(f"| vaeforge.train | {workers} | {listed(rate, 1)} | {listed(ratio, 3, bold=True)} | {wait:.3f} "
               f"| {peak:.0f} |")
 
-    rates = json.loads(child(args, "--interleaved").splitlines()[-1])
-    ratio = [e / b for e, b in zip(rates["engine"], rates["bare"])]
+    blocks = json.loads(child(args, "--interleaved").splitlines()[-1])
+    ratio = [e / b for e, b in zip(blocks["engine"], blocks["bare"])]
     print(f"\nOne process, {args.blocks} pairs of {args.block}-step blocks (engine decoding in-process, 0 workers)")
     print("| loop | images/s (median; each block) | ratio to bare (median; each block pair) |")
     print("|---|---|---|")
-    for name, label in (("bare", "bare PyTorch"), ("engine", "vaeforge.train")):
-        each = ", ".join(f"{r:.0f}" for r in rates[name])
-        print(f"| {label} | {statistics.median(rates[name]):.1f} ({each}) | " + (
-            "1 |" if name == "bare" else f"**{statistics.median(ratio):.3f}** ({', '.join(f'{r:.2f}' for r in ratio)}) |"))
-
+    print(f"| bare PyTorch | {listed(blocks['bare'], 1)} | 1 |")
+    print(f"| vaeforge.train | {listed(blocks['engine'], 1)} | {listed(ratio, 3, bold=True)} |")
 
 if __name__ == "__main__":
     main()

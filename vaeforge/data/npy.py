@@ -2,7 +2,8 @@
 
 ``np.load`` parses each file's header (a Python literal, through ``ast``) anew: for the 64x64 samples of a
 shard, all with the same header, that was a quarter of the loader's time. Here a header is parsed once by
-numpy's own reader and remembered; the array is then a view of the bytes. Object arrays (pickles) are refused.
+numpy's own reader and remembered; the array is then copied straight out of the bytes. Object arrays
+(pickles) are refused.
 """
 from __future__ import annotations
 
@@ -10,14 +11,13 @@ import io
 
 import numpy as np
 
-MAGIC = b"\x93NUMPY"
 _MAX_HEADERS = 64  # distinct headers remembered (a dataset has one per image size)
 _headers: dict[bytes, tuple[tuple[int, ...], bool, np.dtype]] = {}
 
 
 def _parse_header(data: bytes) -> tuple[int, tuple[tuple[int, ...], bool, np.dtype]]:
     """(offset of the array data, (shape, fortran order, dtype)), the header parsed by numpy once per header."""
-    if data[:6] != MAGIC or len(data) < 10:
+    if not data.startswith(np.lib.format.MAGIC_PREFIX) or len(data) < 10:
         raise ValueError("not an .npy file (bad magic bytes)")
     size_bytes = 2 if data[6] == 1 else 4  # format 1.0: uint16 header length; 2.0 and 3.0: uint32
     start = 8 + size_bytes + int.from_bytes(data[8 : 8 + size_bytes], "little")
