@@ -1,7 +1,8 @@
 """Equal wall-clock quality benchmark on prepared LFW (identity-disjoint val split).
 
 Each model trains for the same wall-clock budget with the same number of CPU threads, in its own process:
-  lfw_unet, lfw_resnet    vaeforge's recipes through the real CLI (``trainer.max_time=<budget>``); any other
+  lfw_unet, lfw_resnet    vaeforge's recipes through the real CLI with ``trainer.time_budget=<budget>`` (their
+                          lr decays over the budget on whatever machine runs it; max_steps lifted); any other
                           recipe name (e.g. lfw_unet_nll) may be added to ``--models``
   pythae_celeba           pythae's VAE through pythae's own trainer, with its CelebA-64 benchmark conv networks
   pythae_baseline         pythae's VAE through pythae's own trainer, with the plain baseline's networks
@@ -135,10 +136,11 @@ def count(*modules: nn.Module) -> int:
 
 # ----- training, one function per kind of contestant -------------------------------------------------------------
 def train_vaeforge(recipe: str, args: argparse.Namespace) -> Trained:
-    """The recipe through ``python -m vaeforge.train``, stopped by ``trainer.max_time``."""
+    """The recipe through ``python -m vaeforge.train``, its lr schedule and its end set by ``trainer.time_budget``."""
     run_dir = args.out / recipe
     cmd = [sys.executable, "-m", "vaeforge.train", f"recipe={recipe}", f"data.shards={args.shards}",
-           f"run_dir={run_dir}", f"trainer.max_time={args.budget_seconds}", "trainer.progress=false"]
+           f"run_dir={run_dir}", f"trainer.time_budget={args.budget_seconds}", f"trainer.max_steps={10**9}",
+           "trainer.progress=false"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     subprocess.run(cmd, check=True, env=env)
     state = ckpt.read_state(ckpt.latest_checkpoint(run_dir))

@@ -54,6 +54,7 @@ def test_config_errors(args, expected):
     ("losses.kl.args.beta=abc", "bad value for 'beta'"),
     ("trainer.max_stepz=1", "did you mean 'max_steps'?"),
     ("notakeyvalue", "is not of the form key=value"),
+    ("trainer.time_budget=0", "trainer.time_budget must be a positive number of seconds"),
 ])
 def test_train_cli_rejects_bad_input_in_one_line(override, expected):
     args = [override] if override.startswith("recipe=") else ["recipe=lfw_unet", override]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 from pathlib import Path
@@ -160,3 +161,50 @@ def test_time_limit_and_gradient_accumulation(lfw64, tmp_path):
     state = json.loads((last / "state.json").read_text())
     assert 0 < state["step"] < 100000 and last.name == f"step_{state['step']:08d}"
     assert state["images_seen"] == state["step"] * 32
+
+
+def cosine_lr(seconds: float, budget: float, peak: float = 1e-3, floor: float = 0.1) -> float:
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, seconds / budget))))
+
+
+def test_time_budget_sets_the_lr_horizon_across_resumes(lfw64, tmp_path):
+    """trainer.time_budget: the cosine decay runs over training seconds (not max_steps), counted across resumes."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", "trainer.max_steps=100000", "optim.lr=1e-3",
+            "optim.warmup_steps=0", "optim.min_lr_ratio=0.1", "trainer.val_every=0", "trainer.image_every=0"]
+
+    def logged(after: int = 0) -> list[tuple[float, float]]:
+        tb = events(run_dir)
+        seconds = {e.step: e.value for e in tb.Scalars("progress/train_seconds")}
+        return [(seconds[e.step], e.value) for e in tb.Scalars("train/lr") if e.step > after]
+
+    def last_state() -> dict:
+        return json.loads((sorted((run_dir / CKPT).iterdir())[-1] / "state.json").read_text())
+
+    train(*args, "trainer.time_budget=6")
+    first = last_state()
+    assert 6 <= first["train_seconds"] < 8 and 0 < first["step"] < 100000
+    before = logged()
+    assert before[0][1] > 0.95e-3 and before[-1][1] < 0.15e-3
+    assert all(lr == pytest.approx(cosine_lr(sec, 6), rel=1e-5) for sec, lr in before)
+
+    train(*args, "trainer.time_budget=9", "resume=true")  # a bigger budget: the decay stretches over 9 s in all
+    last = last_state()
+    assert 9 <= last["train_seconds"] < 11 and last["step"] > first["step"]
+    after = logged(first["step"])
+    assert after[0][0] >= first["train_seconds"] and after[-1][1] < 0.15e-3
+    assert all(lr == pytest.approx(cosine_lr(sec, 9), rel=1e-5) for sec, lr in after)
+
+    train(*args, "trainer.time_budget=9", "resume=true")  # used up: nothing more to train
+    assert last_state()["step"] == last["step"]
+
+
+def test_two_processes_share_one_clock_for_the_time_budget(lfw64, tmp_path):
+    """Each rank's lr follows rank 0's clock: with trainer.time_budget the replicas stay identical."""
+    run_dir = tmp_path / "ddp"
+    launch(2, "vaeforge.train", *TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", "trainer.max_steps=100000",
+           "trainer.time_budget=5", "trainer.audit_samples=true", "optim.warmup_steps=0")
+    digests = {(run_dir / "audit" / f"params_rank{r}.txt").read_text() for r in range(2)}
+    assert len(digests) == 1
+    state = json.loads((sorted((run_dir / CKPT).iterdir())[-1] / "state.json").read_text())
+    assert state["train_seconds"] >= 5 and state["step"] > 10

@@ -58,7 +58,8 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     max_steps: int = 10_000  # optimizer steps
-    max_time: Optional[float] = None  # seconds of training; stops with a checkpoint
+    max_time: Optional[float] = None  # seconds of training in this session; stops with a checkpoint
+    time_budget: Optional[float] = None  # training seconds across resumes: the run ends there, the lr decays over it
     grad_accum: int = 1  # micro-batches per optimizer step
     mixed_precision: str = "no"  # no | bf16 | fp16
     ema_decay: float = 0.999  # per-step decay of the EMA of weights; 0 disables it

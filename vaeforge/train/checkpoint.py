@@ -43,6 +43,7 @@ class TrainerState:
     batch_in_epoch: int = 0  # micro-batches of this epoch already trained on
     images_seen: int = 0
     nonfinite_skipped: int = 0
+    train_seconds: float = 0.0  # wall-clock seconds of training loops so far, across resumes
     world_size: int = 1
     architecture: dict[str, list[int]] = field(default_factory=dict)
 

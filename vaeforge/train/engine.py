@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast, set_seed
 from omegaconf import DictConfig
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -39,7 +39,7 @@ from . import checkpoint as ckpt
 from . import distributed as dist
 from . import ema as ema_schedule
 from .monitor import Monitor
-from .schedule import lr_factor
+from .schedule import check_time_budget, lr_factor, step_progress
 
 
 class TrainModule(nn.Module):
@@ -110,6 +110,7 @@ class Trainer:
         self.main = self.acc.is_main_process
         check_corruption(cfg.data.corruption)
         check_on_error(cfg.data.on_error)
+        check_time_budget(t.time_budget)
         self.data_skipped = 0  # bad samples or shards skipped under data.on_error=skip since this process started
         self._lock_run_dir()
         self._refuse_overwrite()
@@ -127,9 +128,11 @@ class Trainer:
         optimizer = torch.optim.AdamW(  # fused: one kernel for all tensors (PyTorch's CPU default is a loop)
             params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay, fused=True,
         )
+        self.budget_used = 0.0  # fraction of trainer.time_budget trained, the same on every rank
+        progress = (step_progress(cfg.optim.warmup_steps, t.max_steps) if t.time_budget is None
+                    else lambda _step: self.budget_used)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lr_factor(cfg.optim.schedule, cfg.optim.warmup_steps, t.max_steps, cfg.optim.min_lr_ratio),
+            optimizer, lr_factor(cfg.optim.schedule, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio, progress)
         )
         self.state = ckpt.TrainerState(world_size=self.world, architecture=ckpt.architecture(vae.state_dict()))
         if self.zero_stage is not None:
@@ -410,6 +413,9 @@ class Trainer:
     def _loop(self) -> None:
         t, s = self.cfg.trainer, self.state
         start, window_start, data_wait = time.monotonic(), time.monotonic(), 0.0
+        seconds_before = s.train_seconds
+        if t.time_budget is not None and seconds_before >= t.time_budget:
+            return  # a resumed run whose budget is used up
         window_images, consecutive_bad = 0, 0
         params = [p for p in self.model.parameters() if p.requires_grad]
         clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
@@ -430,6 +436,8 @@ class Trainer:
                     self.acc.backward(total)
                     synced = self.acc.sync_gradients
                     if synced:
+                        s.train_seconds = seconds_before + time.monotonic() - start
+                        self._measure_budget()
                         grad_norm, applied = self._optimizer_step(params, clip, total)
                         if applied:
                             self.scheduler.step()
@@ -462,12 +470,23 @@ class Trainer:
                     self.log_images()
                 if t.checkpoint_every and s.step % t.checkpoint_every == 0:
                     self.save()
-                timed_out = t.max_time is not None and time.monotonic() - start >= t.max_time
+                timed_out = (t.max_time is not None and time.monotonic() - start >= t.max_time
+                             or self.budget_used >= 1.0)
                 if self._agree(timed_out or self._stop_requested):
                     self.monitor.write(f"stopping at step {s.step} ({'time limit' if timed_out else 'signal'})")
                     return
             if s.batch_in_epoch >= self.batches_per_epoch:
                 s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+
+    def _measure_budget(self) -> None:
+        """Set the fraction of ``trainer.time_budget`` used, by rank 0's clock: every rank's lr must be equal."""
+        budget = self.cfg.trainer.time_budget
+        if budget is None:
+            return
+        seconds = torch.tensor([self.state.train_seconds], dtype=torch.float64, device=self.acc.device)
+        if self.world > 1:
+            seconds = broadcast(seconds, from_process=0)
+        self.budget_used = float(seconds[0]) / budget
 
     def _optimizer_step(self, params: list[nn.Parameter], clip: float, loss: torch.Tensor) -> tuple[float, bool]:
         """Clip and step; returns the gradient norm and whether the update was applied. A non-finite update is
@@ -512,6 +531,7 @@ class Trainer:
             "perf/images_per_sec": images_per_sec,
             "perf/data_wait_fraction": wait_fraction,
             "progress/epoch": s.epoch,
+            "progress/train_seconds": s.train_seconds,
         })
         self.monitor.scalars(values, s.step)
         self.monitor.histogram("latent/mu", out.mu, s.step)

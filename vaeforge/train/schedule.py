@@ -1,4 +1,5 @@
-"""Learning-rate schedules in optimizer steps: linear warm-up, then constant, cosine or linear decay."""
+"""Learning-rate schedules: linear warm-up in steps, then constant, cosine or linear decay over a horizon given
+in optimizer steps (``trainer.max_steps``) or in training seconds (``trainer.time_budget``)."""
 from __future__ import annotations
 
 import math
@@ -9,8 +10,16 @@ from ..errors import ConfigError, did_you_mean
 SCHEDULES = ("constant", "cosine", "linear")
 
 
-def lr_factor(schedule: str, warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
-    """The multiplier of the base learning rate at each step."""
+def step_progress(warmup: int, total: int) -> Callable[[int], float]:
+    """The fraction of the decay done after ``step``, for a horizon of ``total`` steps."""
+    return lambda step: (step - warmup) / max(1, total - warmup)
+
+
+def lr_factor(
+    schedule: str, warmup: int, min_ratio: float, progress: Callable[[int], float]
+) -> Callable[[int], float]:
+    """The multiplier of the base learning rate at each step; ``progress(step)`` says how much of the decay is
+    done (clamped to [0, 1])."""
     if schedule not in SCHEDULES:
         raise ConfigError(f"unknown optim.schedule '{schedule}' ({did_you_mean(schedule, SCHEDULES)})")
 
@@ -19,8 +28,13 @@ def lr_factor(schedule: str, warmup: int, total: int, min_ratio: float) -> Calla
             return (step + 1) / warmup
         if schedule == "constant":
             return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        shape = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+        done = min(1.0, max(0.0, progress(step)))
+        shape = 0.5 * (1 + math.cos(math.pi * done)) if schedule == "cosine" else 1.0 - done
         return min_ratio + (1.0 - min_ratio) * shape
 
     return factor
+
+
+def check_time_budget(seconds: float | None) -> None:
+    if seconds is not None and not seconds > 0:
+        raise ConfigError(f"trainer.time_budget must be a positive number of seconds (or null), got {seconds}")
