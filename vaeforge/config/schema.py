@@ -73,6 +73,7 @@ class TrainerConfig:
     max_nonfinite: int = 20  # consecutive skipped (non-finite) updates before the run stops
     progress: bool = True  # tqdm bar on rank 0
     audit_samples: bool = False  # write the keys of every training sample each rank saw to run_dir/audit/
+    retain_freed_memory: bool = True  # glibc keeps memory freed by a step for the next (no page faults per step)
 
 
 @dataclass

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import gc
 import hashlib
 import json
 import math
@@ -38,6 +37,7 @@ from ..rundir import CONFIG_FILE, LOCK_FILE, MANIFEST_COPY, RUN_FILE
 from . import checkpoint as ckpt
 from . import distributed as dist
 from . import ema as ema_schedule
+from .heap import frozen_heap, retain_freed_memory
 from .monitor import Monitor
 from .schedule import check_time_budget, lr_factor, step_progress
 
@@ -61,23 +61,6 @@ class TrainModule(nn.Module):
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 images ``[B, C, H, W]`` -> float in [0, 1]."""
     return images.float().div_(255.0)
-
-
-@contextlib.contextmanager
-def frozen_heap():
-    """Exempt every object alive now from the garbage collector's full passes while the block runs.
-
-    After set-up a training process holds ~400k long-lived Python objects (torch, accelerate, plugins). The
-    autograd's per-step allocations trigger a full collection every ~20 steps, each walking all of them (~0.1 s
-    on a CPU, several % of training time); frozen, they are skipped. Loader workers forked inside the block
-    inherit the frozen heap, so their collections skip it too (and do not copy its pages).
-    """
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:
@@ -397,6 +380,8 @@ class Trainer:
         self.monitor.progress(self.state.step, {})
         if t.audit_samples:
             (self.run_dir / "audit").mkdir(exist_ok=True)
+        if t.retain_freed_memory:
+            retain_freed_memory()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             with frozen_heap():
