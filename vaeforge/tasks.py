@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import webdataset as wds
 
 from .attributes import VECTORS_DIR, AttributeVector, direction, posterior_means
 from .data.loader import decode_sample
 from .data.manifest import read_manifest, shard_paths
+from .data.tarstream import shard_samples
 from .errors import ConfigError, DataError, did_you_mean
 from .imageio import load_inputs, save_grid, save_png
 from .latent_density import SAMPLERS_DIR, LatentMixture, check_options
@@ -51,7 +51,7 @@ def _shard_error(exc: Exception) -> bool:
 def read_split(shards: list[str], column: str | None = None) -> Iterator[Sample]:
     """The samples of a split's shards in file order, with the labels of each sample's JSON metadata; with
     ``column``, only those labelled in it (the others are not decoded)."""
-    for raw in wds.tarfile_to_samples(handler=_shard_error)(iter([{"url": u} for u in shards])):
+    for raw in shard_samples(shards, _shard_error):
         labels = json.loads(raw["json"]).get("labels", {}) if "json" in raw else {}
         if column is None or column in labels:
             image, key = decode_sample(raw)

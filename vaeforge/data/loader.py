@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import ConfigError, DataError, did_you_mean
 from .npy import read_npy
+from .tarstream import shard_samples
 
 ON_ERROR = ("raise", "skip")
 
@@ -104,7 +105,7 @@ def decode_sample(sample: dict, image_size: int | None = None) -> tuple[torch.Te
 
 
 def _read(shards: list[str], policy: ErrorPolicy) -> Iterator[dict]:
-    return wds.tarfile_to_samples(handler=policy)(iter([{"url": u} for u in shards]))
+    return shard_samples(shards, policy)
 
 
 class ShardStream(IterableDataset):
