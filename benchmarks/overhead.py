@@ -1,7 +1,7 @@
 """Engine overhead: images/s of `vaeforge.train` vs a bare PyTorch loop with the same model, batch, optimizer,
 loss and threads, measured in one run; plus the data-wait fraction and peak memory of the training process.
 
-    python benchmarks/overhead.py --data data/lfw64 [--recipe lfw_unet] [--steps 60] [--threads 2] [--rounds 7]
+    python benchmarks/overhead.py --data data/lfw64 [--recipe lfw_unet] [--steps 60] [--threads 2] [--rounds 15]
 
 The bare loop trains on batches decoded into memory beforehand (no loader at all), so the ratio charges the
 engine with everything it adds: streaming and decoding, Accelerate, EMA, logging. Two designs, both printed:
@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--rounds", type=int, default=7, help="engine runs per worker setting, each between two "
+    parser.add_argument("--rounds", type=int, default=15, help="engine runs per worker setting, each between two "
                         "bare runs; the ratio is the median over rounds of engine / mean of its two bare runs")
     parser.add_argument("--blocks", type=int, default=12, help="engine/bare block pairs in the one-process design")
     parser.add_argument("--block", type=int, default=20, help="steps per block in the one-process design")
