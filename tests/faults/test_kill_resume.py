@@ -17,7 +17,8 @@ from helpers import PY, TINY, env, kill_group, train, wait_for
 
 CKPT = "checkpoints"
 TRIALS = 10
-MAX_STEPS = 50  # each attempt gets 2-4 steps past its resume point: all TRIALS end in a kill before the last step
+MAX_STEPS = 200  # an attempt gets 2-4 steps past its resume point on a slow machine, up to ~10 on a fast one:
+#                  all TRIALS end in a kill well before the last step
 ARGS = [*TINY, "trainer.checkpoint_every=2", "trainer.keep_checkpoints=2", "trainer.val_every=0",
         "trainer.image_every=0", "optim.schedule=constant", "trainer.audit_samples=true",
         f"trainer.max_steps={MAX_STEPS}",
