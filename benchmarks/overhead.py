@@ -159,8 +159,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--rounds", type=int, default=15, help="engine runs per worker setting, each between two "
                         "bare runs; the ratio is the median over rounds of engine / mean of its two bare runs")
-    parser.add_argument("--blocks", type=int, default=12, help="engine/bare block pairs in the one-process design")
-    parser.add_argument("--block", type=int, default=20, help="steps per block in the one-process design")
+    parser.add_argument("--blocks", type=int, default=36, help="engine/bare block pairs in the one-process design")
+    parser.add_argument("--block", type=int, default=10, help="steps per block in the one-process design (one "
+                        "TensorBoard log and one lfw_unet EMA update per 10 engine steps)")
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)  # run the bare loop, print images/s
     parser.add_argument("--interleaved", action="store_true", help=argparse.SUPPRESS)  # run it, print JSON
     args = parser.parse_args()
