@@ -1,8 +1,8 @@
 """A hand-written training step for a recipe: the baseline the engine's speed is compared with.
 
 The recipe's model and loss terms (vaeforge.losses.LossSet: the same code the engine runs), AdamW and gradient
-clipping in their fastest PyTorch forms (fused, foreach: as the engine runs them) and the recipe's autocast
-precision; nothing else (no loader, EMA, logging or checkpoints).
+clipping in their fastest PyTorch forms (fused, foreach: as the engine runs them) and the precision the engine
+resolves from the recipe; nothing else (no loader, EMA, logging or checkpoints).
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 
 from vaeforge.losses import LossSet
 from vaeforge.model import ImageSpec, build_model
+from vaeforge.train.distributed import Launch, resolve_precision
 
 
 class BareStep:
@@ -22,7 +23,7 @@ class BareStep:
         self.params = [*self.model.parameters(), *self.losses.parameters()]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), fused=True)
         self.clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-        self.bf16 = cfg.trainer.mixed_precision == "bf16"
+        self.bf16 = resolve_precision(cfg.trainer.mixed_precision, Launch.from_env()) == "bf16"  # as the engine
 
     def step(self, x: torch.Tensor, i: int) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):

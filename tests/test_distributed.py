@@ -16,6 +16,8 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from helpers import BIN, PY, TINY, env, free_port, run
+from vaeforge.errors import ConfigError
+from vaeforge.train.distributed import Launch, native_bf16, resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
 # DeepSpeed JIT-compiles a comm op on first use (~40 s): keep it in a stable folder of this venv (a folder shared
@@ -188,21 +190,45 @@ def final_losses(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def test_bf16_on_cpu_tracks_fp32(lfw64, tmp_path):
-    """Same seed, data and steps: bf16 autocast's loss stays within BF16_LOSS_RTOL of fp32's at every log."""
+    """Same seed, data and steps: bf16 autocast's loss stays within BF16_LOSS_RTOL of fp32's at every log. The
+    bf16 run's recipe says ``auto`` and its launcher bf16: the launcher's choice is what trains."""
     runs = {"no": tmp_path / "fp32", "bf16": tmp_path / "bf16"}
     args = [*TINY, f"data.shards={lfw64}", "trainer.max_steps=40", "trainer.val_every=0", "trainer.image_every=0"]
     finished = concurrently([
         ([PY, "-m", "vaeforge.train", *args, f"run_dir={runs['no']}"], {}),
-        ([PY, "-m", "vaeforge.train", *args, f"run_dir={runs['bf16']}", "trainer.mixed_precision=bf16"], {}),
+        ([PY, "-m", "vaeforge.train", *args, f"run_dir={runs['bf16']}", "trainer.mixed_precision=auto"],
+         {"ACCELERATE_MIXED_PRECISION": "bf16"}),
     ])
     assert all(proc.returncode == 0 for proc in finished), [proc.stdout[-3000:] for proc in finished]
     assert json.loads((runs["bf16"] / "run.json").read_text())["mixed_precision"] == "bf16"
+    # on a CPU without native bf16 (AVX2 only) the run says it is ~100x slower than it needs to be
+    assert ("warning: trainer.mixed_precision=bf16 on a CPU without native bf16" in finished[1].stdout) \
+        == (not native_bf16())
     fp32, bf16 = final_losses(runs["no"]), final_losses(runs["bf16"])
     assert [s for s, _ in fp32] == [s for s, _ in bf16] == list(range(5, 45, 5))
     gaps = [abs(b - a) / abs(a) for (_, a), (_, b) in zip(fp32, bf16)]
     print("bf16 vs fp32 relative loss gap per log:", " ".join(f"{g:.4f}" for g in gaps))
     assert max(gaps) < BF16_LOSS_RTOL
     assert fp32[-1][1] < 0.9 * fp32[0][1] and bf16[-1][1] < 0.9 * bf16[0][1]  # both actually train
+
+
+def test_resolve_precision():
+    launched = lambda precision: Launch(world_size=1, deepspeed=False, precision=precision,  # noqa: E731
+                                        single_cpu_trap=False)
+    assert resolve_precision("auto", launched("no")) == ("bf16" if native_bf16() else "no")
+    assert resolve_precision("auto", launched("fp16")) == "fp16"  # the launcher decides what auto means
+    assert [resolve_precision(p, launched("no")) for p in ("no", "bf16", "fp16")] == ["no", "bf16", "fp16"]
+    with pytest.raises(ConfigError, match=r"one of \('auto', 'no', 'bf16', 'fp16'\), got 'fp8'"):
+        resolve_precision("fp8", launched("no"))
+
+
+def test_auto_precision_trains_in_the_hardware_s_choice(lfw64, tmp_path):
+    """lfw_unet's ``auto``: bf16 where the CPU computes it natively, fp32 on an AVX2-only CPU; recorded in
+    run.json while config.yaml keeps ``auto`` (a resume elsewhere chooses again)."""
+    run([PY, "-m", "vaeforge.train", *TINY, f"data.shards={lfw64}", f"run_dir={tmp_path}", "trainer.max_steps=2",
+         "trainer.mixed_precision=auto", "trainer.val_every=0", "trainer.image_every=0"])
+    assert json.loads((tmp_path / "run.json").read_text())["mixed_precision"] == ("bf16" if native_bf16() else "no")
+    assert "mixed_precision: auto" in (tmp_path / "config.yaml").read_text()
 
 
 def test_launches_that_would_silently_differ_are_refused(lfw64, tmp_path):

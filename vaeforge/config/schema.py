@@ -61,7 +61,7 @@ class TrainerConfig:
     max_time: Optional[float] = None  # seconds of training in this session; stops with a checkpoint
     time_budget: Optional[float] = None  # training seconds across resumes: the run ends there, the lr decays over it
     grad_accum: int = 1  # micro-batches per optimizer step
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    mixed_precision: str = "no"  # auto | no | bf16 | fp16; auto: bf16 where the device computes it natively, else fp32
     ema_decay: float = 0.999  # per-step decay of the EMA of weights; 0 disables it
     ema_every: int = 1  # steps between EMA updates, each standing for that many (decay ** ema_every): cheaper
     seed: int = 0  # same seed, same run (weights, data order, noise)

@@ -88,9 +88,10 @@ class Trainer:
         self.opts: TrainerConfig = OmegaConf.to_object(t)
         self.corrupting = cfg.data.corruption.kind != "none"
         launch = dist.Launch.from_env()
-        dist.check_launch(launch, t.mixed_precision)
-        self.acc = dist.make_accelerator(t.mixed_precision, t.grad_accum, launch)
-        dist.check_setup(self.acc, launch, t.mixed_precision)
+        precision = dist.resolve_precision(t.mixed_precision, launch)
+        dist.check_launch(launch, precision)
+        self.acc = dist.make_accelerator(precision, t.grad_accum, launch)
+        dist.check_setup(self.acc, launch, precision)
         self.zero_stage = dist.zero_stage(self.acc)  # None without DeepSpeed
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.run_dir = Path(cfg.run_dir)
@@ -381,6 +382,9 @@ class Trainer:
         """Train; returns the final state. Ends with a checkpoint, so ``resume=true`` always continues."""
         t = self.cfg.trainer
         self.monitor = Monitor(self.run_dir, self.main, t.max_steps, 0, t.progress)
+        warning = dist.precision_warning(self.acc.mixed_precision)
+        if warning:
+            self.monitor.write(f"warning: {warning}")
         self._resume_or_start()
         self.monitor.progress(self.state.step, {})
         if t.audit_samples:
