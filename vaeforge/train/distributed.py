@@ -90,7 +90,8 @@ def check_launch(launch: Launch, precision: str) -> None:
             f"'{precision}': pass trainer.mixed_precision={launch.precision} (the recipe decides; the launch agrees)"
         )
     if precision == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("trainer.mixed_precision=fp16 needs a GPU (loss scaling runs on CUDA); on CPU use auto, bf16 or no")
+        raise ConfigError("trainer.mixed_precision=fp16 needs a GPU (loss scaling runs on CUDA); "
+                          "on CPU use auto, bf16 or no")
     if launch.deepspeed and importlib.util.find_spec("deepspeed") is None:
         raise ConfigError("the launch asked for DeepSpeed but it is not installed: pip install 'vaeforge[deepspeed]'")
 
