@@ -201,7 +201,7 @@ def test_bf16_on_cpu_tracks_fp32(lfw64, tmp_path):
     ])
     assert all(proc.returncode == 0 for proc in finished), [proc.stdout[-3000:] for proc in finished]
     assert json.loads((runs["bf16"] / "run.json").read_text())["mixed_precision"] == "bf16"
-    # on a CPU without native bf16 (AVX2 only) the run says it is ~100x slower than it needs to be
+    # on a CPU without native bf16 (AVX2 only) the run says it is ~20x slower than it needs to be
     assert ("warning: trainer.mixed_precision=bf16 on a CPU without native bf16" in finished[1].stdout) \
         == (not native_bf16())
     fp32, bf16 = final_losses(runs["no"]), final_losses(runs["bf16"])

@@ -49,8 +49,8 @@ class Launch:
 
 def native_bf16() -> bool:
     """Whether this machine's training device computes bf16 in its fast kernels. A CPU without AVX-512 (or
-    Arm's bf16) has no oneDNN bf16 path: PyTorch's autocast then runs convolutions in a reference kernel, ~100x
-    slower than fp32 (measured on an AVX2 EPYC: 3.7 against ~300 images/s for lfw_unet)."""
+    Arm's bf16) has no oneDNN bf16 path: PyTorch's autocast then runs convolutions in a reference kernel, ~20x
+    slower than fp32 (measured on an AVX2 EPYC: lfw_unet at 3.7 against 75 images/s)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -73,7 +73,7 @@ def precision_warning(precision: str) -> str | None:
     if precision != "bf16" or native_bf16():
         return None
     return ("trainer.mixed_precision=bf16 on a CPU without native bf16 (no AVX-512 or Arm bf16): convolutions "
-            "fall back to a reference kernel about 100x slower than fp32; use trainer.mixed_precision=auto or no")
+            "fall back to a reference kernel about 20x slower than fp32; use trainer.mixed_precision=auto or no")
 
 
 def check_launch(launch: Launch, precision: str) -> None:
