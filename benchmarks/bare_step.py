@@ -1,6 +1,6 @@
 """A hand-written training step for a recipe: the baseline the engine's speed is compared with.
 
-The recipe's model and loss terms (vaeforge.losses.LossSet: the same code the engine runs), AdamW and gradient
+The recipe's model and loss terms (vaeforge.models.objective.LossSet: the same code the engine runs), AdamW and gradient
 clipping in their fastest PyTorch forms (fused, foreach: as the engine runs them) and the precision the engine
 resolves from the recipe; nothing else (no loader, EMA, logging or checkpoints).
 """
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from vaeforge.losses import LossSet
-from vaeforge.model import ImageSpec, build_model
+from vaeforge.models.objective import LossSet
+from vaeforge.models.vae import ImageSpec, build_model
 from vaeforge.train.distributed import Launch, resolve_precision
 
 

@@ -26,7 +26,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from bare_step import BareStep
 from memory import peak_rss_mb
 from vaeforge.config import load_config
-from vaeforge.data.loader import eval_batches
+from vaeforge.data.stream import eval_batches
 from vaeforge.data.manifest import read_manifest, shard_paths
 
 

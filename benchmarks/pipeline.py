@@ -17,7 +17,7 @@ import torch
 
 from bare_step import BareStep
 from vaeforge.config import load_config
-from vaeforge.data.loader import StreamSpec, train_loader
+from vaeforge.data.stream import StreamSpec, train_loader
 from vaeforge.data.manifest import read_manifest, shard_paths
 
 

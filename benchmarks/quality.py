@@ -38,12 +38,12 @@ from torch import nn
 
 import vaeforge
 from vaeforge.config import available_recipes
-from vaeforge.data.loader import eval_batches
+from vaeforge.data.stream import eval_batches
 from vaeforge.data.manifest import read_manifest, shard_paths
-from vaeforge.latent_density import LatentMixture
+from vaeforge.models.latent_mixture import LatentMixture
 from vaeforge.metrics import frechet_distance, psnr, ssim
-from vaeforge.perceptual import LPIPS
-from vaeforge.train import checkpoint as ckpt
+from vaeforge.models.lpips import LPIPS
+from vaeforge.runs import checkpoints as ckpt
 
 MODELS = ("lfw_unet", "lfw_resnet", "pythae_celeba", "pythae_baseline", "baseline")
 LATENT = 128

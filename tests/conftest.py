@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vaeforge.data.prepare import prepare
+from vaeforge.data.build import prepare
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEVTRAIN_TGZ = "lfw-deepfunneled-devtrain.tgz"

@@ -15,10 +15,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from helpers import TINY, TINY_RUN, train
 from vaeforge.config import load_config
 from vaeforge.errors import ConfigError, DataError
-from vaeforge.losses import LossSet
-from vaeforge.model import ImageSpec, VAEOutput, build_model
-from vaeforge.perceptual import ENV_WEIGHTS, LPIPS
-from vaeforge.train import checkpoint as ckpt
+from vaeforge.models.objective import LossSet
+from vaeforge.models.vae import ImageSpec, VAEOutput, build_model
+from vaeforge.models.lpips import ENV_WEIGHTS, LPIPS
+from vaeforge.runs import checkpoints as ckpt
 
 RESNET = {"name": "resnet10t"}  # the smallest timm ResNet: fast tests, same code path as resnet18/50
 

@@ -73,7 +73,7 @@ def test_replacing_a_plugin_drops_the_recipe_args_of_the_old_one():
 
 
 def test_override_words_stay_words():
-    from vaeforge.cli_args import parse_overrides
+    from vaeforge.cli.args import parse_overrides
 
     args = parse_overrides(["trainer.mixed_precision=no", "resume=true", "optim.betas=[0.5,0.9]", "a=off"])
     assert args == {"trainer.mixed_precision": "no", "resume": True, "optim.betas": [0.5, 0.9], "a": "off"}

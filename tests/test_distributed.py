@@ -65,7 +65,7 @@ def audited_keys(run_dir: Path, world: int) -> tuple[tuple[tuple[str, ...], ...]
 
 
 def images_by_key(shards: Path, wanted: set[str]) -> dict[str, torch.Tensor]:
-    from vaeforge.data.loader import eval_batches
+    from vaeforge.data.stream import eval_batches
     from vaeforge.data.manifest import read_manifest, shard_paths
 
     found: dict[str, torch.Tensor] = {}
@@ -85,8 +85,8 @@ def one_process_reference(shards: Path, keys: tuple[tuple[tuple[str, ...], ...],
     from accelerate.utils import set_seed
     from timm.utils import ModelEmaV3
 
-    from vaeforge.losses import LossSet
-    from vaeforge.model import ImageSpec, build_model
+    from vaeforge.models.objective import LossSet
+    from vaeforge.models.vae import ImageSpec, build_model
     from vaeforge.train.__main__ import resolve_config
     from vaeforge.train import ema as ema_schedule
     from vaeforge.train.engine import TrainModule, to_float
@@ -165,7 +165,7 @@ def check_checkpoint_guards(folder: Path, stage: int | None) -> None:
     """A checkpoint is refused by a launch of another kind, and a damaged DeepSpeed shard is named before
     DeepSpeed's (unpickling) loader would read it."""
     from vaeforge.errors import CheckpointError
-    from vaeforge.train import checkpoint as ckpt
+    from vaeforge.runs import checkpoints as ckpt
 
     ckpt.check_layout(folder, stage)
     written = "without DeepSpeed" if stage is None else f"by DeepSpeed ZeRO-{stage}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from vaeforge.data.download import fetch
-from vaeforge.data.prepare import prepare
+from vaeforge.data.build import prepare
 from vaeforge.errors import ConfigError, DataError
 
 DROP_AFTER = 10 * 1024 * 1024

@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 
-from vaeforge.data.loader import StreamSpec, eval_batches, train_loader
+from vaeforge.data.stream import StreamSpec, eval_batches, train_loader
 from vaeforge.data.manifest import read_manifest, shard_paths
 from vaeforge.errors import DataError
 

@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from vaeforge.errors import ConfigError, DataError
-from vaeforge.perceptual import ENV_WEIGHTS, LPIPS, NETS, find_lpips_weights
+from vaeforge.models.lpips import ENV_WEIGHTS, LPIPS, NETS, find_lpips_weights
 
 FILES = {net: spec.file for net, spec in NETS.items()}
 

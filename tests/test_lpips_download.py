@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 
 from vaeforge.cli import main as cli_main
 from vaeforge.errors import DataError
-from vaeforge.lpips_download import download
-from vaeforge.perceptual import ENV_WEIGHTS, find_lpips_weights
+from vaeforge.models.lpips_weights import download
+from vaeforge.models.lpips import ENV_WEIGHTS, find_lpips_weights
 
 OFFICIAL_HEADS = Path(lpips.__file__).parent / "weights" / "v0.1"
 OUT_NAME = "lpips_alexnet.safetensors"

@@ -7,8 +7,8 @@ from omegaconf import OmegaConf
 
 from vaeforge.config import load_config
 from vaeforge.errors import ConfigError
-from vaeforge.losses import LossSet
-from vaeforge.model import ImageSpec, VAEOutput, build_model
+from vaeforge.models.objective import LossSet
+from vaeforge.models.vae import ImageSpec, VAEOutput, build_model
 
 
 def model_cfg(backbone: str, args: dict, latent: int = 8):

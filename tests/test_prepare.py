@@ -15,7 +15,7 @@ import webdataset as wds
 
 from vaeforge.data.images import load_image
 from vaeforge.data.lfw import read_attributes, read_emotions, read_gender
-from vaeforge.data.prepare import prepare
+from vaeforge.data.build import prepare
 from vaeforge.errors import ConfigError, DataError
 
 DEVTRAIN_IMAGES, DEVTRAIN_PEOPLE = 9525, 4038

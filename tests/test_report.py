@@ -50,5 +50,5 @@ def test_report_renders_with_its_images_in_headless_chromium(lfw64, tmp_path, ch
 
 
 def test_report_of_a_folder_that_is_not_a_run(tmp_path):
-    proc = run([PY, "-m", "vaeforge.report", f"run_dir={tmp_path}"], check=False)
+    proc = run([PY, "-m", "vaeforge.runs.report", f"run_dir={tmp_path}"], check=False)
     assert proc.returncode == 2 and "is not a vaeforge run folder" in proc.stderr

@@ -1,4 +1,4 @@
-"""The ex-post density sampler: a Gaussian mixture fitted on training posterior means (vaeforge.latent_density),
+"""The ex-post density sampler: a Gaussian mixture fitted on training posterior means (vaeforge.models.latent_mixture),
 in the sample task (sampler=gmm) and in evaluate (fd_alexnet_gmm)."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from helpers import PY, env, run
 from test_tasks import task, trained  # noqa: F401  (the module's tiny run trained on real LFW shards)
 from vaeforge.errors import ConfigError, DataError
-from vaeforge.latent_density import LatentMixture
+from vaeforge.models.latent_mixture import LatentMixture
 
 MEANS = torch.tensor([[-4.0, 0.0, 1.0], [3.0, 2.0, -1.0]])
 WEIGHTS = torch.tensor([0.3, 0.7])

@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from helpers import PY, env, run, train
-from vaeforge.attributes import AttributeClassifier, direction
-from vaeforge.imageio import save_png, to_tensor
-from vaeforge.inference import interpolate_latents
+from vaeforge.tasks.attributes import AttributeClassifier, direction
+from vaeforge.tasks.image_files import save_png, to_tensor
+from vaeforge.runs.load import interpolate_latents
 from vaeforge.metrics import frechet_distance, gaussian_frechet, ssim
-from vaeforge.tasks import read_split
+from vaeforge.tasks.context import read_split
 
 SMALL_DENOISER = [
     "recipe=lfw_denoise", "model.backbone.name=mlp", "model.backbone.args.hidden=[256]", "model.latent_dim=32",

@@ -126,7 +126,7 @@ def test_damaged_or_foreign_checkpoints_are_named(lfw64, tmp_path):
 def test_a_few_hundred_steps_beat_the_mean_face(lfw64, tmp_path):
     """Reconstruction MSE on unseen people must be clearly below predicting the mean training face."""
     import vaeforge
-    from vaeforge.data.loader import eval_batches
+    from vaeforge.data.stream import eval_batches
     from vaeforge.data.manifest import read_manifest, shard_paths
 
     run_dir = tmp_path / "quality"

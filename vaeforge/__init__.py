@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .inference import LoadedVAE
+    from .runs.load import LoadedVAE
 
 
 def load(run_dir: Any, checkpoint: str | None = None, weights: str = "ema", device: str = "cpu") -> "LoadedVAE":
-    """A trained VAE from a run folder (EMA weights when present, eval mode); see :func:`vaeforge.inference.load`."""
-    from .inference import load as _load
+    """A trained VAE from a run folder (EMA weights when present, eval mode); see :func:`vaeforge.runs.load.load`."""
+    from .runs.load import load as _load
 
     return _load(run_dir, checkpoint, weights, device)
 

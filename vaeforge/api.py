@@ -17,18 +17,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .attributes import AttributeClassifier, AttributeVector, has_attribute
+from .tasks.attributes import AttributeClassifier, AttributeVector, has_attribute
 from .data.corrupt import corrupt
 from .data.corrupt import describe as describe_corruption
 from .data.corrupt import parse_spec as parse_corruption
 from .errors import CheckpointError, ConfigError, DataError, did_you_mean
-from .latent_density import LatentMixture
-from .losses import LossTerm, LossValue
+from .models.latent_mixture import LatentMixture
+from .models.objective import LossTerm, LossValue
 from .metrics import active_units, frechet_distance, kl_per_dim, psnr, ssim
-from .model import BackboneParts, ImageSpec, VAEOutput
-from .perceptual import LPIPS, find_lpips_weights
+from .models.vae import BackboneParts, ImageSpec, VAEOutput
+from .models.lpips import LPIPS, find_lpips_weights
 from .registry import REGISTRY
-from .tasks import TRAIN, VAL, TaskContext
+from .tasks.context import TRAIN, VAL, TaskContext
 
 
 def register_backbone(name: str, config: type | None = None) -> Callable[[Any], Any]:

@@ -1,6 +1,6 @@
 """``python -m vaeforge.prepare dataset=lfw source=<url|.tgz|folder> out=<dir> [key=value ...]``.
 
-Builds WebDataset shards and ``manifest.json`` (see :mod:`vaeforge.data.prepare`). ``labels=<dir>`` picks up
+Builds WebDataset shards and ``manifest.json`` (see :mod:`vaeforge.data.build`). ``labels=<dir>`` picks up
 whichever of the standard LFW label files exist in that folder; an explicit ``attributes=`` etc. wins.
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli_args import parse_overrides, take, user_errors_exit
-from .data.prepare import prepare as prepare_lfw
+from .cli.args import parse_overrides, take, user_errors_exit
+from .data.build import prepare as prepare_lfw
 from .errors import ConfigError, DataError, did_you_mean
 
 DATASETS = {"lfw": prepare_lfw}

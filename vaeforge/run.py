@@ -1,62 +1,6 @@
-"""``python -m vaeforge.run task=NAME run_dir=DIR [input=...] [output=...] [task options]``: run a task plugin
-on a trained run; writes the task's files and ``summary.json`` into the output folder."""
-from __future__ import annotations
-
-import json
-import sys
-import time
-from dataclasses import asdict, is_dataclass
-from pathlib import Path
-from typing import Any
-
-from .cli_args import parse_overrides, user_errors_exit
-from .config.loader import validate_plugin_args
-from .errors import ConfigError, did_you_mean
-from .inference import load
-from .registry import REGISTRY
-from .rundir import TASKS_DIR
-from .tasks import TaskContext
-
-COMMON = {"task": None, "run_dir": None, "input": None, "output": None, "seed": 0, "checkpoint": None,
-          "weights": "ema", "device": "cpu", "limit": 0}
-SUMMARY = "summary.json"
-
-
-def run_task(args: dict[str, Any]) -> dict[str, Any]:
-    """Run one task from ``key=value`` arguments; returns the summary that was written."""
-    common = {k: args.get(k, v) for k, v in COMMON.items()}
-    if not common["task"]:
-        raise ConfigError(f"no task given: pass task=NAME ({did_you_mean('', REGISTRY.names('task'))})")
-    if not common["run_dir"]:
-        raise ConfigError("no run given: pass run_dir=<a training run folder>")
-    plugin = REGISTRY.get("task", str(common["task"]))
-    model = load(common["run_dir"], common["checkpoint"], common["weights"], common["device"])
-    options = {k: v for k, v in args.items() if k not in COMMON}
-    cfg = validate_plugin_args(plugin.config, options, f"task '{plugin.name}'")
-    output = Path(common["output"] or Path(common["run_dir"]) / TASKS_DIR / plugin.name)
-    output.mkdir(parents=True, exist_ok=True)
-    ctx = TaskContext(model, output, int(common["seed"]), common["input"], int(common["limit"]))
-    started = time.monotonic()
-    result = plugin.target(ctx, cfg)
-    summary = {
-        "task": plugin.name,
-        "run_dir": str(common["run_dir"]),
-        "checkpoint": str(model.checkpoint),
-        "weights": model.weights,
-        "seed": ctx.seed,
-        "options": asdict(cfg) if is_dataclass(cfg) else {},
-        "seconds": round(time.monotonic() - started, 3),
-        **result,
-    }
-    (output / SUMMARY).write_text(json.dumps(summary, indent=1))
-    return summary
-
-
-@user_errors_exit
-def main(argv: list[str] | None = None) -> None:
-    summary = run_task(parse_overrides(sys.argv[1:] if argv is None else argv))
-    print(f"{summary['task']}: wrote {summary.get('files', '?')} file(s) to {summary.get('output')}")
-
+"""``python -m vaeforge.run task=NAME run_dir=DIR [...]``: the task runner's command line (see
+:mod:`vaeforge.tasks.runner`)."""
+from .tasks.runner import main
 
 if __name__ == "__main__":
     main()

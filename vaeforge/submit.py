@@ -31,10 +31,10 @@ from typing import Any, List, Optional
 
 import yaml
 
-from .cli_args import parse_overrides, user_errors_exit
+from .cli.args import parse_overrides, user_errors_exit
 from .config import validate_plugin_args
 from .errors import ConfigError, VaeforgeError, did_you_mean
-from .train import checkpoint as ckpt
+from .runs import checkpoints as ckpt
 
 DRY_RUN = "--dry-run"
 LOG_DIR = "slurm"

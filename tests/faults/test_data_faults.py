@@ -11,7 +11,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from vaeforge.data.loader import StreamSpec, eval_batches, train_loader
+from vaeforge.data.stream import StreamSpec, eval_batches, train_loader
 from vaeforge.data.manifest import read_manifest, shard_paths
 from vaeforge.errors import DataError
 

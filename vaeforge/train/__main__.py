@@ -4,10 +4,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..cli_args import parse_overrides, user_errors_exit
+from ..cli.args import parse_overrides, user_errors_exit
 from ..config import load_config, validate_plugin_args
 from ..registry import REGISTRY
-from ..rundir import CONFIG_FILE, TB_DIR
+from ..runs.layout import CONFIG_FILE, TB_DIR
 
 
 def resolve_config(argv: list[str]):

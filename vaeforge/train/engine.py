@@ -28,14 +28,14 @@ from ..config import save_config
 from ..config.schema import TrainerConfig
 from ..data.corrupt import check as check_corruption
 from ..data.corrupt import corrupt
-from ..data.loader import StreamSpec, check_on_error, eval_batches, train_loader
+from ..data.stream import StreamSpec, check_on_error, eval_batches, train_loader
 from ..data.manifest import read_manifest, shard_paths
 from ..errors import CheckpointError, ConfigError, VaeforgeError
-from ..losses import LossSet
+from ..models.objective import LossSet
 from ..metrics import active_units, kl_per_dim, psnr
-from ..model import VAE, ImageSpec, build_model
-from ..rundir import CONFIG_FILE, LOCK_FILE, MANIFEST_COPY, RUN_FILE
-from . import checkpoint as ckpt
+from ..models.vae import VAE, ImageSpec, build_model
+from ..runs.layout import CONFIG_FILE, LOCK_FILE, MANIFEST_COPY, RUN_FILE
+from ..runs import checkpoints as ckpt
 from . import distributed as dist
 from . import ema as ema_schedule
 from .heap import frozen_heap, retain_freed_memory

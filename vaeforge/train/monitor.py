@@ -8,7 +8,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
-from ..rundir import TB_DIR
+from ..runs.layout import TB_DIR
 
 
 

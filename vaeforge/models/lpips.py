@@ -4,7 +4,7 @@ The recipe: images in [-1, 1] -> LPIPS scaling layer -> AlexNet or VGG16 convolu
 after chosen ReLUs, each unit-normalised over channels -> squared difference -> a 1x1 head per layer ->
 spatial mean -> sum over layers. Weights come from a safetensors file holding torchvision's ``features.<N>``
 tensors and the heads ``lin0`` .. ``lin4`` (the layout of ``../shared/weights``); pickles are never loaded here
-(:mod:`vaeforge.lpips_download` makes that file from the official ``.pth`` files, loading them as weights only).
+(:mod:`vaeforge.models.lpips_weights` makes that file from the official ``.pth`` files, loading them as weights only).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 ENV_WEIGHTS = "VAEFORGE_LPIPS_WEIGHTS"  # a folder holding lpips_alexnet.safetensors / lpips_vgg16.safetensors
 SHIFT = (-0.030, -0.088, -0.188)  # the LPIPS scaling layer, applied to inputs in [-1, 1]
@@ -69,7 +69,7 @@ def find_lpips_weights(net: str, explicit: str | Path | None = None) -> Path:
 
     Nothing is downloaded here (not in the middle of a training): the official weights are published only as
     pickles (``.pth``) and no safetensors copy is published, so ``vaeforge lpips net=<net>``
-    (:mod:`vaeforge.lpips_download`) downloads them on request, loads them as weights only and converts them.
+    (:mod:`vaeforge.models.lpips_weights`) downloads them on request, loads them as weights only and converts them.
     """
     spec = _check_net(net)
     if explicit:

@@ -8,11 +8,11 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from .errors import CheckpointError, ConfigError, did_you_mean
-from .model import VAE, ImageSpec, build_model
-from .registry import REGISTRY
-from .rundir import CONFIG_FILE, MANIFEST_COPY
-from .train import checkpoint as ckpt
+from ..errors import CheckpointError, ConfigError, did_you_mean
+from ..models.vae import VAE, ImageSpec, build_model
+from ..registry import REGISTRY
+from .layout import CONFIG_FILE, MANIFEST_COPY
+from . import checkpoints as ckpt
 
 MODES = ("linear", "slerp")
 WEIGHTS = ("ema", "model")  # EMA weights (when the checkpoint has them) or the raw trained ones

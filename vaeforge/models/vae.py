@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config.loader import validate_plugin_args
-from .registry import REGISTRY
+from ..config.loader import validate_plugin_args
+from ..registry import REGISTRY
 
 LOGVAR_RANGE = (-30.0, 20.0)  # keeps exp(logvar) finite in fp16/bf16
 

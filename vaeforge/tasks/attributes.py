@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import DataError
-from .tensorfile import read_tensors, write_tensors
+from ..errors import DataError
+from ..runs.tensorfile import read_tensors, write_tensors
 
 VECTORS_DIR = "vectors"  # attribute directions inside a run folder
 BINARY, REAL = "binary", "real"

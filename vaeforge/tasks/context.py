@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .attributes import VECTORS_DIR, AttributeVector, direction, posterior_means
-from .data.loader import decode_sample
-from .data.manifest import read_manifest, shard_paths
-from .data.tarstream import shard_samples
-from .errors import ConfigError, DataError, did_you_mean
-from .imageio import load_inputs, save_grid, save_png
-from .latent_density import SAMPLERS_DIR, LatentMixture, check_options
+from ..data.stream import decode_sample
+from ..data.manifest import read_manifest, shard_paths
+from ..data.tarstream import shard_samples
+from ..errors import ConfigError, DataError, did_you_mean
+from .image_files import load_inputs, save_grid, save_png
+from ..models.latent_mixture import SAMPLERS_DIR, LatentMixture, check_options
 
 if TYPE_CHECKING:
-    from .inference import LoadedVAE
+    from ..runs.load import LoadedVAE
 
 VAL = "val"
 TRAIN = "train"

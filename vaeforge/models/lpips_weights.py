@@ -1,10 +1,10 @@
-"""``python -m vaeforge.lpips_download net=alex|vgg [key=value ...]`` (also ``vaeforge lpips ...``).
+"""``python -m vaeforge.models.lpips_weights net=alex|vgg [key=value ...]`` (also ``vaeforge lpips ...``).
 
 Downloads the official LPIPS v0.1 weights on request (never in the middle of a training): torchvision's ImageNet
 trunk and the LPIPS project's linear heads, both pickles (``.pth``). They are loaded only with
 ``torch.load(weights_only=True)`` (tensors and containers, no code runs), their names and shapes are checked and
 they are written as one ``lpips_<net>.safetensors`` in the cache, where
-:func:`vaeforge.perceptual.find_lpips_weights` finds it. Options: ``trunk_base=`` / ``head_base=`` (mirrors),
+:func:`vaeforge.models.lpips.find_lpips_weights` finds it. Options: ``trunk_base=`` / ``head_base=`` (mirrors),
 ``trunk=<file>`` / ``head=<file>`` (local copies of the .pth files, for offline machines), ``out=<folder>``.
 """
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from .cli_args import parse_overrides, take, user_errors_exit
-from .data.download import checksum_mismatch, fetch, file_digest
-from .errors import ConfigError, DataError, VaeforgeError
-from .perceptual import LPIPS, NETS, cache_dir, weights_layout
+from ..cli.args import parse_overrides, take, user_errors_exit
+from ..data.download import checksum_mismatch, fetch, file_digest
+from ..errors import ConfigError, DataError, VaeforgeError
+from .lpips import LPIPS, NETS, cache_dir, weights_layout
 
 TRUNK_BASE = "https://download.pytorch.org/models"
 HEAD_BASE = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1"

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import sys
 
-from .cli_args import user_errors_exit
-from .errors import ConfigError, did_you_mean
+from .args import user_errors_exit
+from ..errors import ConfigError, did_you_mean
 
 USAGE = """usage: vaeforge <verb> [key=value ...]
 
@@ -21,7 +21,7 @@ verbs:
 
 
 def list_plugins(argv: list[str]) -> None:
-    from .registry import REGISTRY
+    from ..registry import REGISTRY
 
     modules = [a.partition("=")[2] for a in argv if a.startswith("plugins=")]
     if modules:
@@ -33,17 +33,19 @@ def list_plugins(argv: list[str]) -> None:
 
 
 def list_recipes(argv: list[str]) -> None:
-    from .config import available_recipes
+    from ..config import available_recipes
 
     for name, path in sorted(available_recipes().items()):
         print(f"{name:<16} {path}")
 
 
 def _verbs() -> dict:
-    from . import lpips_download, prepare, report, run, submit
-    from .train import __main__ as train
+    from .. import prepare, run, submit
+    from ..models import lpips_weights
+    from ..runs import report
+    from ..train import __main__ as train
 
-    return {"prepare": prepare.main, "lpips": lpips_download.main, "train": train.main, "run": run.main,
+    return {"prepare": prepare.main, "lpips": lpips_weights.main, "train": train.main, "run": run.main,
             "report": report.main, "submit": submit.main, "plugins": list_plugins, "recipes": list_recipes}
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, VaeforgeError
+from ..errors import ConfigError, VaeforgeError
 
 # YAML 1.1 reads these as booleans; on a command line they are words (``trainer.mixed_precision=no``).
 YAML11_BOOL_WORDS = {"yes", "no", "on", "off", "y", "n"}
@@ -31,7 +31,7 @@ def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
 
 def take(args: dict[str, Any], valid: dict[str, Any], what: str) -> dict[str, Any]:
     """Check that ``args`` only has keys of ``valid`` (name -> default) and fill in the defaults."""
-    from .errors import did_you_mean
+    from ..errors import did_you_mean
 
     for key in args:
         if key not in valid:

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .config.loader import validate_plugin_args
-from .model import VAEOutput
-from .registry import REGISTRY
+from ..config.loader import validate_plugin_args
+from .vae import VAEOutput
+from ..registry import REGISTRY
 
 
 @dataclass

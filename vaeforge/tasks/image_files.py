@@ -8,8 +8,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
-from .data.images import crop_resize, load_image
-from .errors import DataError
+from ..data.images import crop_resize, load_image
+from ..errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 LFW_SOURCE_SIZE = 250  # the crop box of an LFW manifest is in pixels of the 250x250 originals

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from .errors import ConfigError, DataError, did_you_mean
-from .tensorfile import read_tensors, write_tensors
+from ..errors import ConfigError, DataError, did_you_mean
+from ..runs.tensorfile import read_tensors, write_tensors
 
 SAMPLERS_DIR = "samplers"  # fitted mixtures inside a run folder
 COVARIANCES = ("full", "diag")

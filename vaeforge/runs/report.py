@@ -14,9 +14,9 @@ from typing import Any
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from .cli_args import parse_overrides, take, user_errors_exit
-from .errors import CheckpointError
-from .rundir import CONFIG_FILE, RUN_FILE, TASKS_DIR, TB_DIR
+from ..cli.args import parse_overrides, take, user_errors_exit
+from ..errors import CheckpointError
+from .layout import CONFIG_FILE, RUN_FILE, TASKS_DIR, TB_DIR
 
 CURVES = ("train/loss", "val/loss", "val/psnr", "train/kl/nats", "train/kl/beta", "train/lr", "train/grad_norm",
           "train/active_units", "perf/images_per_sec", "perf/data_wait_fraction")
