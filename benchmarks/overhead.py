@@ -28,6 +28,7 @@ from memory import peak_rss_mb
 from vaeforge.config import load_config
 from vaeforge.data.stream import eval_batches
 from vaeforge.data.manifest import read_manifest, shard_paths
+from vaeforge.train.callbacks import Callback
 
 
 def engine_overrides(args: argparse.Namespace) -> list[str]:
@@ -103,12 +104,36 @@ def engine(args: argparse.Namespace, batch: int, workers: int) -> dict[str, floa
                 "peak_rss_mb": peak}
 
 
+class BareBlocks(Callback):
+    """After every ``--block`` engine steps: the engine block's images/s, then a bare block on preloaded batches,
+    timed on its own (both appended to ``rates``)."""
+
+    def __init__(self, args: argparse.Namespace, batch: int, total: int, bare: BareStep,
+                 batches: list[torch.Tensor], rates: dict[str, list[float]]) -> None:
+        self.args, self.batch, self.total, self.bare, self.batches, self.rates = args, batch, total, bare, batches, rates
+        self.since = 0.0
+
+    def on_step_end(self, trainer, result) -> None:
+        done, a = trainer.state.step, self.args
+        if done < a.warmup or (done - a.warmup) % a.block:
+            return
+        now = time.perf_counter()
+        if done > a.warmup:
+            self.rates["engine"].append(a.block * self.batch / (now - self.since))
+        if done == self.total:
+            return
+        for i, images in enumerate(self.batches):
+            self.bare.step(images, i)
+        self.rates["bare"].append(a.block * self.batch / (time.perf_counter() - now))
+        self.since = time.perf_counter()
+
+
 def interleaved(args: argparse.Namespace) -> dict[str, list[float]]:
     """Engine and bare loop in one process, alternating blocks of ``--block`` steps: the real ``Trainer.fit``
     (its loader decoding in-process, so that all of its data work is charged to it), and after each engine block
     a bare block on preloaded batches, timed on its own. Images/s per block of each."""
     from vaeforge.train.__main__ import resolve_config
-    from vaeforge.train.engine import Trainer
+    from vaeforge.train.trainer import Trainer
 
     total = args.warmup + args.blocks * args.block
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,29 +144,8 @@ def interleaved(args: argparse.Namespace) -> dict[str, list[float]]:
         bare = BareStep(cfg, int(read_manifest(args.data)["image_size"]))
         for i in range(args.warmup):
             bare.step(batches[i % args.block], i)
-        trainer = Trainer(cfg)
         rates: dict[str, list[float]] = {"engine": [], "bare": []}
-        done, since = 0, 0.0
-        scheduler_step = trainer.scheduler.step
-
-        def after_each_step(*a, **kw) -> None:  # the engine steps its lr schedule once per applied update
-            nonlocal done, since
-            scheduler_step(*a, **kw)
-            done += 1
-            if done < args.warmup or (done - args.warmup) % args.block:
-                return
-            now = time.perf_counter()
-            if done > args.warmup:
-                rates["engine"].append(args.block * batch / (now - since))
-            if done == total:  # unhook before the final checkpoint saves the scheduler's attributes
-                del trainer.scheduler.step
-                return
-            for i, images in enumerate(batches):
-                bare.step(images, i)
-            rates["bare"].append(args.block * batch / (time.perf_counter() - now))
-            since = time.perf_counter()
-
-        trainer.scheduler.step = after_each_step
+        trainer = Trainer(cfg, callbacks=[BareBlocks(args, batch, total, bare, batches, rates)])
         try:
             trainer.fit()
         finally:

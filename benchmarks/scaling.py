@@ -53,7 +53,7 @@ def worker(out: Path, train_args: list[str]) -> None:
     setting up (model built, DeepSpeed initialised) and while training (the kernel's high-water mark is reset
     in between; it includes the final checkpoint)."""
     from vaeforge.train.__main__ import resolve_config
-    from vaeforge.train.engine import Trainer
+    from vaeforge.train.trainer import Trainer
 
     trainer = Trainer(resolve_config(train_args))
     setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

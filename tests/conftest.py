@@ -65,6 +65,17 @@ def lfw64(lfw_tgz: Path, labels_dir: Path, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture(scope="session")
+def trained_run(lfw64: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny lfw_unet trained 10 steps on the real shards, shared by the task and plugin tests (they write only
+    task outputs and fitted samplers into it)."""
+    from helpers import TINY, train
+
+    run_dir = tmp_path_factory.mktemp("trained_run") / "run"
+    train(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", "trainer.max_steps=10")
+    return run_dir
+
+
+@pytest.fixture(scope="session")
 def lfw_members(lfw_tgz: Path) -> list[tuple[str, bytes]]:
     """(member name, JPEG bytes) of the first SMALL_IMAGES images of the real archive."""
     members = []

@@ -42,11 +42,12 @@ COMPARE = [
 STEPS = (4, 8)  # first launch trains to 4 (its final checkpoint), the second resumes from it to 8
 
 
-def accelerate(config: str, *args: str, **kw) -> subprocess.CompletedProcess:
+def accelerate(config: str, *args: str, extra_env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
     """``accelerate launch --config_file recipes/accelerate/<config>.yaml -m vaeforge.train ...`` from the repo."""
     cmd = [str(BIN / "accelerate"), "launch", "--config_file", f"recipes/accelerate/{config}.yaml",
            "--main_process_port", str(free_port()), "-m", "vaeforge.train", *args]
-    return run(cmd, cwd=REPO, env=env(TORCH_EXTENSIONS_DIR=EXTENSIONS, GLOO_SOCKET_IFNAME="lo"), **kw)
+    return run(cmd, cwd=REPO, env=env(TORCH_EXTENSIONS_DIR=EXTENSIONS, GLOO_SOCKET_IFNAME="lo", **(extra_env or {})),
+               **kw)
 
 
 def concurrently(commands: list[tuple[list[str], dict[str, str]]]) -> list[subprocess.CompletedProcess]:
@@ -89,7 +90,7 @@ def one_process_reference(shards: Path, keys: tuple[tuple[tuple[str, ...], ...],
     from vaeforge.models.vae import ImageSpec, build_model
     from vaeforge.train.__main__ import resolve_config
     from vaeforge.train import ema as ema_schedule
-    from vaeforge.train.engine import TrainModule, to_float
+    from vaeforge.train.builders import TrainModule, to_float
 
     cfg = resolve_config([*overrides, f"data.shards={shards}"])
     world = len(keys[0])

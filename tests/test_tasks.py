@@ -7,14 +7,13 @@ import tarfile
 import pytest
 from PIL import Image
 
-from helpers import BIN, PY, TINY, run, train
+from helpers import BIN, PY, run
 
 
 @pytest.fixture(scope="module")
-def trained(lfw64, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("task_run") / "run"
-    train(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", "trainer.max_steps=10")
-    return run_dir
+def trained(trained_run):
+    """The session's tiny trained run (conftest)."""
+    return trained_run
 
 
 @pytest.fixture(scope="module")

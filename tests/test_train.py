@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import PY, TINY, env, kill_group, launch, run, train, wait_for
+from helpers import PY, TINY, env, kill_group, launch, train, wait_for
 
 CKPT = "checkpoints"
 

@@ -12,11 +12,13 @@ if TYPE_CHECKING:
     from .runs.load import LoadedVAE
 
 
-def load(run_dir: Any, checkpoint: str | None = None, weights: str = "ema", device: str = "cpu") -> "LoadedVAE":
-    """A trained VAE from a run folder (EMA weights when present, eval mode); see :func:`vaeforge.runs.load.load`."""
+def load(run_dir: Any, checkpoint: str | None = None, weights: str = "ema", device: str = "cpu",
+         plugins: list[str] | tuple[str, ...] = ()) -> "LoadedVAE":
+    """A trained VAE from a run folder (EMA weights when present, eval mode); ``plugins``: modules to import for a
+    backbone that is not installed (never taken from the run folder). See :func:`vaeforge.runs.load.load`."""
     from .runs.load import load as _load
 
-    return _load(run_dir, checkpoint, weights, device)
+    return _load(run_dir, checkpoint, weights, device, plugins)
 
 
 __all__ = ["__version__", "load"]

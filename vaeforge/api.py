@@ -21,9 +21,9 @@ from .tasks.attributes import AttributeClassifier, AttributeVector, has_attribut
 from .data.corrupt import corrupt
 from .data.corrupt import describe as describe_corruption
 from .data.corrupt import parse_spec as parse_corruption
-from .errors import CheckpointError, ConfigError, DataError, did_you_mean
+from .errors import CheckpointError, ConfigError, DataError, PluginError, did_you_mean
 from .models.latent_mixture import LatentMixture
-from .models.objective import LossTerm, LossValue
+from .models.objective import LossTerm, LossValue, OwnedModule, OwnedOptim
 from .metrics import active_units, frechet_distance, kl_per_dim, psnr, ssim
 from .models.vae import BackboneParts, ImageSpec, VAEOutput
 from .models.lpips import LPIPS, find_lpips_weights
@@ -31,24 +31,25 @@ from .registry import REGISTRY
 from .tasks.context import TRAIN, VAL, TaskContext
 
 
-def register_backbone(name: str, config: type | None = None) -> Callable[[Any], Any]:
+def register_backbone(name: str, config: type | None = None, replace: bool = False) -> Callable[[Any], Any]:
     """Register a backbone builder ``(cfg, image: ImageSpec, latent_dim: int) -> BackboneParts``."""
-    return REGISTRY.register("backbone", name, config)
+    return REGISTRY.register("backbone", name, config, replace)
 
 
-def register_loss(name: str, config: type | None = None) -> Callable[[Any], Any]:
+def register_loss(name: str, config: type | None = None, replace: bool = False) -> Callable[[Any], Any]:
     """Register a :class:`LossTerm` subclass, constructed with its validated config."""
-    return REGISTRY.register("loss", name, config)
+    return REGISTRY.register("loss", name, config, replace)
 
 
-def register_task(name: str, config: type | None = None) -> Callable[[Any], Any]:
+def register_task(name: str, config: type | None = None, replace: bool = False) -> Callable[[Any], Any]:
     """Register a task ``(ctx: TaskContext, cfg) -> dict`` run by ``python -m vaeforge.run task=NAME``."""
-    return REGISTRY.register("task", name, config)
+    return REGISTRY.register("task", name, config, replace)
 
 
 __all__ = [
     "AttributeClassifier", "AttributeVector", "CheckpointError", "LatentMixture", "TRAIN", "VAL", "active_units", "corrupt",
     "describe_corruption", "did_you_mean", "frechet_distance", "has_attribute", "parse_corruption", "ssim",
-    "BackboneParts", "ConfigError", "DataError", "ImageSpec", "LPIPS", "LossTerm", "LossValue", "TaskContext",
+    "BackboneParts", "ConfigError", "DataError", "ImageSpec", "LPIPS", "LossTerm", "LossValue", "OwnedModule",
+    "OwnedOptim", "PluginError", "TaskContext",
     "VAEOutput", "find_lpips_weights", "kl_per_dim", "psnr", "register_backbone", "register_loss", "register_task",
 ]

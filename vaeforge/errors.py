@@ -29,3 +29,12 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     if close:
         text += f"; did you mean '{close[0]}'?"
     return text
+
+
+class PluginError(VaeforgeError):
+    """A plugin broke its contract (wrong output shape or type, a failed import); the message names it."""
+
+
+def unknown_choice(what: str, value: object, choices: Iterable[str]) -> ConfigError:
+    """The one wording of every unknown-choice error: ``unknown <what> '<value>' (valid: ...; did you mean ...)``."""
+    return ConfigError(f"unknown {what} '{value}' ({did_you_mean(str(value), choices)})")

@@ -8,14 +8,16 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.metadata as md
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, is_dataclass
 from typing import Any
 
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError, PluginError, did_you_mean
 
 ENTRY_POINT_GROUP = "vaeforge.plugins"
+BUILTIN_DIST = "vaeforge"  # the distribution whose plugins are the built-in ones
 KINDS = ("backbone", "loss", "task")
 
 
@@ -28,18 +30,29 @@ class Plugin:
     target: Any
     config: type | None
     origin: str
+    replace: bool = False  # registered with replace=True: it may take the name of a built-in plugin
+
+    @property
+    def builtin(self) -> bool:
+        return self.origin.startswith(f"{BUILTIN_DIST} ")
 
 
 class Registry:
-    """Plugins by kind and name."""
+    """Plugins by kind and name.
+
+    Clash rule: a name belongs to the first plugin registered under it, and a built-in plugin keeps its name
+    whatever the import order; another registration takes the name only with ``replace=True`` (and is ignored,
+    with a warning naming both, otherwise)."""
 
     def __init__(self) -> None:
         self._plugins: dict[str, dict[str, Plugin]] = {kind: {} for kind in KINDS}
         self._origin = "unknown"
         self._discovered = False
         self._failed: dict[str, str] = {}
+        self._registrations = 0  # register() calls so far: tells a plugin module that registered nothing
 
-    def register(self, kind: str, name: str, config: type | None = None) -> Callable[[Any], Any]:
+    def register(self, kind: str, name: str, config: type | None = None, replace: bool = False
+                 ) -> Callable[[Any], Any]:
         """Decorator: register ``target`` as plugin ``name`` of ``kind``, with an optional config dataclass."""
         if kind not in KINDS:
             raise ValueError(f"unknown plugin kind '{kind}' ({did_you_mean(kind, KINDS)})")
@@ -47,16 +60,24 @@ class Registry:
             raise TypeError(f"config of {kind} plugin '{name}' must be a dataclass")
 
         def decorator(target: Any) -> Any:
+            self._registrations += 1
+            new = Plugin(kind, name, target, config, self._origin, replace)
             existing = self._plugins[kind].get(name)
-            if existing is not None and existing.target is not target:
-                warnings.warn(
-                    f"{kind} plugin '{name}' from {self._origin} replaces the one from {existing.origin}",
-                    stacklevel=2,
-                )
-            self._plugins[kind][name] = Plugin(kind, name, target, config, self._origin)
+            if existing is None or existing.target is target or self._takes_name(new, existing):
+                self._plugins[kind][name] = new
             return target
 
         return decorator
+
+    @staticmethod
+    def _takes_name(new: Plugin, existing: Plugin) -> bool:
+        """Whether ``new`` replaces ``existing`` under the clash rule; warns either way."""
+        takes = new.replace and not existing.replace or new.builtin and not existing.replace
+        loser, winner = (existing, new) if takes else (new, existing)
+        hint = "" if loser.builtin or loser.replace else "; to replace it, register with replace=True"
+        warnings.warn(f"{new.kind} plugin '{new.name}' from {winner.origin} is used, the one from {loser.origin} "
+                      f"is ignored{hint}", stacklevel=3)
+        return takes
 
     @contextlib.contextmanager
     def _origin_as(self, origin: str) -> Iterator[None]:
@@ -82,14 +103,21 @@ class Registry:
                     warnings.warn(f"plugin entry point '{ep.name}' failed to load: {exc}", stacklevel=2)
 
     def import_modules(self, modules: list[str]) -> None:
-        """Import user plugin modules named in a recipe's ``plugins`` list."""
+        """Import user plugin modules (a recipe's ``plugins`` list, or ``plugins=[...]`` on a command line)."""
         self.discover()
         for module in modules:
+            before, imported_before = self._registrations, module in sys.modules
             with self._origin_as(f"module {module}"):
                 try:
                     importlib.import_module(module)
                 except ModuleNotFoundError as exc:
                     raise ConfigError(f"plugin module '{module}' not found ({exc}); is it on PYTHONPATH?") from None
+                except Exception as exc:
+                    raise PluginError(f"plugin module '{module}' failed to import: {type(exc).__name__}: {exc}"
+                                      ) from None
+            if not imported_before and self._registrations == before:
+                raise PluginError(f"plugin module '{module}' registered no plugin: decorate its builders with "
+                                  "register_backbone / register_loss / register_task from vaeforge.api")
 
     def get(self, kind: str, name: str) -> Plugin:
         """The plugin ``name`` of ``kind``; unknown names give the valid ones and a did-you-mean."""
@@ -111,3 +139,17 @@ class Registry:
 
 
 REGISTRY = Registry()
+
+
+@contextlib.contextmanager
+def named_modules_hint(named: list[str], imported: list[str]) -> Iterator[None]:
+    """An unknown-plugin error inside the block also says which modules a run folder names but that were not
+    imported (a run folder is data: what it names is imported only when the user passes it)."""
+    try:
+        yield
+    except ConfigError as exc:
+        skipped = [m for m in named if m not in imported]
+        if not skipped or "unknown" not in str(exc):
+            raise
+        raise ConfigError(f"{exc}; the run names plugin modules {skipped}, which are never imported from a run "
+                          f"folder: if you trust them, pass plugins=[{','.join(skipped)}]") from None

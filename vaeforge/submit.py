@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import shlex
 import signal
@@ -34,7 +33,7 @@ import yaml
 from .cli.args import parse_overrides, user_errors_exit
 from .config import validate_plugin_args
 from .errors import ConfigError, VaeforgeError, did_you_mean
-from .runs import checkpoints as ckpt
+from .runs.folder import latest_state, refuse_overwrite
 
 DRY_RUN = "--dry-run"
 LOG_DIR = "slurm"
@@ -157,8 +156,7 @@ class TrainJob:
         code = self._child.wait()
         if code != 0:
             raise VaeforgeError(f"rank {env['RANK']}: training exited with status {code} (see this task's log)")
-        latest = ckpt.latest_checkpoint(Path(self.run_dir))
-        return json.loads((latest / "state.json").read_text()) if latest else {}
+        return latest_state(Path(self.run_dir))
 
     def checkpoint(self) -> Any:
         """Preemption or time-out (task 0): let the training write a checkpoint and stop, then requeue.
@@ -183,10 +181,7 @@ def training_job(train_args: list[str], slurm: SlurmConfig) -> TrainJob:
     cfg = resolve_config(train_args)
     run_dir = Path(str(cfg.run_dir)).resolve()
     resume = bool(parse_overrides(train_args).get("resume", False))
-    latest = ckpt.latest_checkpoint(run_dir)
-    if latest is not None and not resume:
-        raise VaeforgeError(f"run_dir {run_dir} already has checkpoints (latest {latest.name}): pass resume=true "
-                            "to continue it, or choose another run_dir")
+    refuse_overwrite(run_dir, resume)
     kept = [a for a in train_args if not a.startswith(("run_dir=", "resume="))]
     env = {}
     if slurm.deepspeed:

@@ -30,7 +30,7 @@ def intact(folder: Path) -> bool:
     state = json.loads((folder / "state.json").read_text())
     load_file(str(folder / "model.safetensors"))
     load_file(str(folder / "ema.safetensors"))
-    for name in ("optimizer.pt", "scheduler.pt", "rng_rank0.pt"):
+    for name in ("optimizer.pt", "rng_rank0.pt"):
         torch.load(folder / name, weights_only=True)
     return state["step"] == int(folder.name.split("_")[1])
 

@@ -10,7 +10,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..errors import ConfigError, did_you_mean
+from ..errors import ConfigError, PluginError, did_you_mean
 from .schema import RunConfig
 
 RECIPE_SUFFIX = ".yaml"
@@ -154,7 +154,12 @@ def validate_plugin_args(config_cls: type | None, args: Any, where: str) -> Any:
             raise ConfigError(f"{where} takes no arguments, got: {', '.join(sorted(args))}")
         return None
     assert is_dataclass(config_cls)
-    schema = OmegaConf.structured(config_cls)
+    try:
+        schema = OmegaConf.structured(config_cls)
+    except (OmegaConfBaseException, ValueError) as exc:
+        raise PluginError(f"{where}: its config dataclass {config_cls.__name__} cannot be a config "
+                          f"({str(exc).splitlines()[0]}): give each field a type among int, float, str, bool, "
+                          "Optional, List or Dict of those, and a default of that type") from None
     check_keys(schema, list(_flatten(args)), where)
     return OmegaConf.to_object(_merge(schema, args, where))
 

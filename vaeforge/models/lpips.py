@@ -170,7 +170,7 @@ class LPIPS(nn.Module):
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The tapped activations (after the scaling layer) of images ``x`` in [0, 1], shallowest first."""
-        h = (x * 2.0 - 1.0 - self.shift) / self.scale
+        h = ((x * 2.0 - 1.0 - self.shift) / self.scale).to(self.shift.dtype)  # weights cast by DeepSpeed: follow
         taps, out = set(self.taps), []
         for i, layer in enumerate(self.trunk):
             h = layer(h)
@@ -183,5 +183,5 @@ class LPIPS(nn.Module):
         total = torch.zeros(x.shape[0], device=x.device)
         for feats, head in zip(self.features(torch.cat([x, y])), self.heads):
             fx, fy = unit_normalise(feats).chunk(2)
-            total = total + head((fx - fy).square()).mean((1, 2, 3)).float()
+            total = total + head((fx - fy).square().to(head.weight.dtype)).mean((1, 2, 3)).float()
         return total

@@ -1,14 +1,22 @@
-"""Loss terms: the interface loss plugins implement, and the weighted sum the engine trains on."""
+"""Loss terms: the interface loss plugins implement, and the weighted sum the engine trains the model on.
+
+A term may own modules that are NOT trained on the model's objective (a GAN discriminator): it lists them in
+:meth:`LossTerm.owned_modules` with their own optimizer settings and scores them in :meth:`LossTerm.owned_loss`.
+The engine then trains each with its own optimizer, on its own cadence, and keeps the two apart: the model's
+step never updates an owned module, and an owned module's objective sees the model's output detached.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..config.loader import validate_plugin_args
-from .vae import VAEOutput
+from ..errors import ConfigError, PluginError
 from ..registry import REGISTRY
+from .vae import VAEOutput
 
 
 @dataclass
@@ -19,8 +27,32 @@ class LossValue:
     logs: dict[str, float | torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class OwnedOptim:
+    """How the engine trains a module a loss term owns: AdamW settings and a cadence in optimizer steps."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.9)
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # max grad norm of the module's parameters; 0: no clipping
+    every: int = 1  # trained on every ``every``-th optimizer step ...
+    start: int = 0  # ... from this optimizer step on (a warm-up of the model alone before it)
+
+    def active(self, step: int) -> bool:
+        """Whether the module trains at optimizer step ``step`` (0-based)."""
+        return step >= self.start and (step - self.start) % self.every == 0
+
+
+@dataclass
+class OwnedModule:
+    """A submodule a loss term trains with its own optimizer (see :meth:`LossTerm.owned_modules`)."""
+
+    module: nn.Module
+    optim: OwnedOptim = field(default_factory=OwnedOptim)
+
+
 class LossTerm(nn.Module):
-    """Base class of loss plugins. A term may own parameters (they are trained with the model).
+    """Base class of loss plugins. A term may own parameters: by default they are trained with the model.
 
     ``forward(out, target, step)`` gets the model output, the clean target images in [0, 1] and the
     optimizer step (for schedules), and returns a :class:`LossValue`. Document the reduction you use.
@@ -28,6 +60,32 @@ class LossTerm(nn.Module):
 
     def forward(self, out: VAEOutput, target: torch.Tensor, step: int) -> LossValue:  # pragma: no cover
         raise NotImplementedError
+
+    def owned_modules(self) -> dict[str, OwnedModule]:
+        """Submodules trained with their own optimizer on :meth:`owned_loss`, by name (default: none)."""
+        return {}
+
+    def owned_loss(self, name: str, out: VAEOutput, target: torch.Tensor, step: int) -> LossValue:
+        """The objective of owned module ``name``; ``out`` is detached, so no gradient reaches the model."""
+        raise NotImplementedError(f"{type(self).__name__} owns '{name}' but does not define owned_loss")
+
+
+def detached(out: VAEOutput) -> VAEOutput:
+    """The same output cut from the model's graph."""
+    return replace(out, logits=out.logits.detach(), mu=out.mu.detach(), logvar=out.logvar.detach(),
+                   z=out.z.detach())
+
+
+def checked_value(result: Any, term: str, origin: str) -> LossValue:
+    """``result`` if it is a :class:`LossValue` holding a 0-dim tensor; else a one-line error naming the term."""
+    if not isinstance(result, LossValue):
+        raise PluginError(f"loss term '{term}' ({origin}) returned {type(result).__name__}, not a LossValue: "
+                          "return LossValue(value) with value a 0-dim tensor")
+    if not isinstance(result.value, torch.Tensor) or result.value.dim() != 0:
+        shape = list(result.value.shape) if isinstance(result.value, torch.Tensor) else type(result.value).__name__
+        raise PluginError(f"loss term '{term}' ({origin}) returned a value of shape {shape}, not a 0-dim tensor: "
+                          "reduce it over the batch (e.g. .mean())")
+    return result
 
 
 class LossSet(nn.Module):
@@ -40,6 +98,7 @@ class LossSet(nn.Module):
         super().__init__()
         self.terms = nn.ModuleDict()
         self.weights: dict[str, float] = {}
+        self.origins: dict[str, str] = {}  # term -> "plugin 'name' from <distribution>", for error messages
         for term, spec in specs.items():
             if float(spec.weight) == 0.0:
                 continue
@@ -47,9 +106,11 @@ class LossSet(nn.Module):
             args = validate_plugin_args(plugin.config, spec.args, f"loss '{term}' ({spec.name})")
             module = plugin.target(args) if plugin.config is not None else plugin.target()
             if not isinstance(module, LossTerm):
-                raise TypeError(f"loss '{spec.name}' ({plugin.origin}) must build a LossTerm")
+                raise ConfigError(f"loss '{spec.name}' ({plugin.origin}) must build a LossTerm, got "
+                                  f"{type(module).__name__}")
             self.terms[term] = module
             self.weights[term] = float(spec.weight)
+            self.origins[term] = f"plugin '{spec.name}' from {plugin.origin}"
 
     def forward(
         self, out: VAEOutput, target: torch.Tensor, step: int
@@ -57,10 +118,15 @@ class LossSet(nn.Module):
         total = torch.zeros((), device=target.device)
         logs: dict[str, torch.Tensor] = {}
         for term, module in self.terms.items():
-            result = module(out, target, step)
+            result = checked_value(module(out, target, step), term, self.origins[term])
             weighted = self.weights[term] * result.value.float()
             total = total + weighted
             logs[term] = weighted.detach()
             for key, value in result.logs.items():
                 logs[f"{term}/{key}"] = torch.as_tensor(value).detach()
         return total, logs
+
+    def nonfinite_terms(self, logs: dict[str, torch.Tensor]) -> list[str]:
+        """The terms whose weighted value in ``logs`` is not finite, each with its plugin."""
+        return [f"'{term}' ({self.origins[term]})" for term in self.terms
+                if term in logs and not bool(torch.isfinite(logs[term]).all())]

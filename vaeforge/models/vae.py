@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..config.loader import validate_plugin_args
+from ..errors import PluginError
 from ..registry import REGISTRY
 
 LOGVAR_RANGE = (-30.0, 20.0)  # keeps exp(logvar) finite in fp16/bf16
@@ -75,10 +76,37 @@ class VAE(nn.Module):
 
 
 def build_model(model_cfg, image: ImageSpec) -> VAE:
-    """Build the VAE of a run config's ``model`` section through the backbone registry."""
+    """Build the VAE of a run config's ``model`` section through the backbone registry, checked by one forward."""
     plugin = REGISTRY.get("backbone", model_cfg.backbone.name)
     args = validate_plugin_args(plugin.config, model_cfg.backbone.args, f"backbone '{plugin.name}'")
     parts = plugin.target(args, image, int(model_cfg.latent_dim))
+    where = f"backbone '{plugin.name}' ({plugin.origin})"
     if not isinstance(parts, BackboneParts):
-        raise TypeError(f"backbone '{plugin.name}' ({plugin.origin}) must return BackboneParts")
-    return VAE(parts, int(model_cfg.latent_dim), image)
+        raise PluginError(f"{where} must return BackboneParts(encoder, decoder, feature_dim), got "
+                          f"{type(parts).__name__}")
+    vae = VAE(parts, int(model_cfg.latent_dim), image)
+    check_shapes(vae, where)
+    return vae
+
+
+@torch.no_grad()
+def check_shapes(vae: VAE, where: str) -> None:
+    """One forward of two blank images in eval mode (no RNG drawn, no statistics moved): a backbone whose
+    encoder or decoder output has the wrong shape fails here, naming the module, not steps later in a loss."""
+    image, batch = vae.image, 2
+    was_training = vae.training
+    vae.eval()
+    try:
+        features = vae.encoder(torch.zeros(batch, image.channels, image.size, image.size))
+        _expect(features, [batch, vae.posterior.in_features], f"{where}: encoder", "feature_dim")
+        logits = vae.decoder(torch.zeros(batch, vae.latent_dim))
+        _expect(logits, [batch, image.channels, image.size, image.size], f"{where}: decoder",
+                "the image shape [B, channels, image_size, image_size]")
+    finally:
+        vae.train(was_training)
+
+
+def _expect(tensor: torch.Tensor, shape: list[int], what: str, fix: str) -> None:
+    if not isinstance(tensor, torch.Tensor) or list(tensor.shape) != shape:
+        got = list(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        raise PluginError(f"{what} output is {got}, expected {shape}: make it match {fix}")

@@ -46,6 +46,23 @@ class TrainerState:
     train_seconds: float = 0.0  # wall-clock seconds of training loops so far, across resumes
     world_size: int = 1
     architecture: dict[str, list[int]] = field(default_factory=dict)
+    owned_nonfinite_skipped: dict[str, int] = field(default_factory=dict)  # per owned optimizer group
+
+    def advance(self, images: int, batches_per_epoch: int) -> None:
+        """One micro-batch of ``images`` (all ranks) trained on; an epoch's last one starts the next epoch."""
+        self.images_seen += images
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch >= batches_per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict (parameters and buffers): equal digests mean bit-identical weights."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from ..errors import CheckpointError, ConfigError, did_you_mean
 from ..models.vae import VAE, ImageSpec, build_model
-from ..registry import REGISTRY
+from ..registry import REGISTRY, named_modules_hint
 from .layout import CONFIG_FILE, MANIFEST_COPY
 from . import checkpoints as ckpt
 
@@ -139,10 +139,13 @@ def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
     raise CheckpointError(f"checkpoint '{checkpoint}' not found in {run_dir} (have: {have})")
 
 
-def load(run_dir: str | Path, checkpoint: str | None = None, weights: str = "ema", device: str = "cpu"
-         ) -> LoadedVAE:
+def load(run_dir: str | Path, checkpoint: str | None = None, weights: str = "ema", device: str = "cpu",
+         plugins: list[str] | tuple[str, ...] = ()) -> LoadedVAE:
     """Load a run's trained VAE: EMA weights when the checkpoint has them (``weights="model"`` for the raw
-    ones), in eval mode, on ``device``."""
+    ones), in eval mode, on ``device``.
+
+    A run folder is data: the plugin modules its config names are never imported from it. Its backbone must be
+    installed (an entry point) or be in one of the ``plugins`` modules the caller names."""
     if weights not in WEIGHTS:
         raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     run_dir = Path(run_dir)
@@ -152,8 +155,9 @@ def load(run_dir: str | Path, checkpoint: str | None = None, weights: str = "ema
     folder = resolve_checkpoint(run_dir, checkpoint)
     cfg = OmegaConf.load(config_path)
     manifest = json.loads(manifest_path.read_text())
-    REGISTRY.import_modules(list(cfg.get("plugins", [])))
-    vae = build_model(cfg.model, ImageSpec(int(manifest["image_size"]), int(manifest.get("channels", 3))))
+    REGISTRY.import_modules(list(plugins))
+    with named_modules_hint(list(cfg.get("plugins", [])), list(plugins)):
+        vae = build_model(cfg.model, ImageSpec(int(manifest["image_size"]), int(manifest.get("channels", 3))))
     file = folder / "ema.safetensors"
     if weights != "ema" or not file.exists():
         weights, file = "model", folder / "model.safetensors"

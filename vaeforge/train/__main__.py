@@ -4,9 +4,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from ..cli.args import parse_overrides, user_errors_exit
 from ..config import load_config, validate_plugin_args
-from ..registry import REGISTRY
+from ..registry import REGISTRY, named_modules_hint
 from ..runs.layout import CONFIG_FILE, TB_DIR
 
 
@@ -18,8 +20,13 @@ def resolve_config(argv: list[str]):
         candidate = Path(str(args["run_dir"])) / CONFIG_FILE
         saved = candidate if candidate.is_file() else None
     cfg = load_config(args, saved=saved)
-    REGISTRY.import_modules(list(cfg.plugins))
-    check_plugins(cfg)
+    # a run folder is data: modules only its saved config names are not imported (the user passes them again)
+    from_folder = set(OmegaConf.load(saved).get("plugins", [])) if saved else set()
+    asked = list(args.get("plugins") or [])
+    modules = [m for m in cfg.plugins if m not in from_folder or m in asked]
+    REGISTRY.import_modules(modules)
+    with named_modules_hint(list(cfg.plugins), modules):
+        check_plugins(cfg)
     return cfg
 
 
@@ -35,7 +42,7 @@ def check_plugins(cfg) -> None:
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
     cfg = resolve_config(sys.argv[1:] if argv is None else argv)
-    from .engine import Trainer  # heavy imports only once the config is known to be valid
+    from .trainer import Trainer  # heavy imports only once the config is known to be valid
 
     trainer = Trainer(cfg)
     try:

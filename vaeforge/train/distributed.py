@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, InitProcessGroupKwargs, gather_object
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, broadcast, gather_object
 from omegaconf import DictConfig
 from torch import nn
 
@@ -125,6 +125,24 @@ def check_setup(acc: Accelerator, launch: Launch, precision: str) -> None:
             f"trainer.mixed_precision is '{precision}' but the run would train in '{acc.mixed_precision}' "
             "(set fp16.enabled and bf16.enabled to \"auto\" in the DeepSpeed config)"
         )
+
+
+def any_rank(acc: Accelerator, flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any rank (collective, skipped on one process): ranks that
+    must stop or raise do it together instead of leaving the others waiting in a collective."""
+    if acc.num_processes == 1:
+        return flag
+    if flag:
+        acc.set_trigger()
+    return acc.check_trigger()
+
+
+def broadcast_from_rank0(acc: Accelerator, value: float) -> float:
+    """Rank 0's ``value`` on every rank (collective, skipped on one process)."""
+    if acc.num_processes == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=acc.device)
+    return float(broadcast(tensor, from_process=0)[0])
 
 
 def zero_stage(acc: Accelerator) -> int | None:

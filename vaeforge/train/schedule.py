@@ -15,20 +15,18 @@ def step_progress(warmup: int, total: int) -> Callable[[int], float]:
     return lambda step: (step - warmup) / max(1, total - warmup)
 
 
-def lr_factor(
-    schedule: str, warmup: int, min_ratio: float, progress: Callable[[int], float]
-) -> Callable[[int], float]:
-    """The multiplier of the base learning rate at each step; ``progress(step)`` says how much of the decay is
-    done (clamped to [0, 1])."""
+def lr_factor(schedule: str, warmup: int, min_ratio: float) -> Callable[[int, float], float]:
+    """The multiplier of the base learning rate for optimizer step ``step`` (0-based) when ``progress`` of the
+    decay is done (clamped to [0, 1])."""
     if schedule not in SCHEDULES:
         raise ConfigError(f"unknown optim.schedule '{schedule}' ({did_you_mean(schedule, SCHEDULES)})")
 
-    def factor(step: int) -> float:
+    def factor(step: int, progress: float) -> float:
         if step < warmup:
             return (step + 1) / warmup
         if schedule == "constant":
             return 1.0
-        done = min(1.0, max(0.0, progress(step)))
+        done = min(1.0, max(0.0, progress))
         shape = 0.5 * (1 + math.cos(math.pi * done)) if schedule == "cosine" else 1.0 - done
         return min_ratio + (1.0 - min_ratio) * shape
 

@@ -5,8 +5,9 @@ multiplies it by the number of values in the image (C x H x W), i.e. LPIPS count
 latent-diffusion's L1 + LPIPS loss, so it sits on the same scale as ``recon`` with ``reduction=sum`` and the
 term's weight is the balance between the two; ``reduction=mean`` leaves the plain distance. Batch mean always.
 
-The frozen LPIPS network is not part of the module tree: it is not trained, synchronised or checkpointed
-(only its weights file is named in the config). Gradients flow through it to the reconstruction.
+The LPIPS network is a frozen submodule (its parameters do not require gradients): the engine neither trains,
+synchronises nor checkpoints it (its weights file is named in the config). Gradients flow through it to the
+reconstruction.
 
 Cost: LPIPS runs a CNN forward on both images and backward on one, which can cost as much as the VAE itself.
 ``batch_fraction`` < 1 computes the training term on that share of each batch only (its first images: batches
@@ -41,20 +42,13 @@ class Perceptual(LossTerm):
         if not 0 < cfg.batch_fraction <= 1:
             raise ConfigError(f"perceptual: batch_fraction must be in (0, 1], got {cfg.batch_fraction}")
         self.cfg = cfg
-        self._lpips = (LPIPS(cfg.net, cfg.weights or None),)  # a tuple keeps it out of the module tree
-
-    def lpips(self, device: torch.device) -> LPIPS:
-        """The LPIPS network, moved to ``device`` on first use there."""
-        net = self._lpips[0]
-        if net.shift.device != device:
-            net.to(device)
-        return net
+        self.lpips = LPIPS(cfg.net, cfg.weights or None)
 
     def forward(self, out: VAEOutput, target: torch.Tensor, step: int) -> LossValue:
         recon = out.recon
         if self.training and self.cfg.batch_fraction < 1:
             n = max(1, round(target.shape[0] * self.cfg.batch_fraction))
             recon, target = recon[:n], target[:n]
-        distance = self.lpips(target.device)(recon, target)
+        distance = self.lpips(recon, target)
         scale = target[0].numel() if self.cfg.reduction == "sum" else 1
         return LossValue(distance.mean() * scale, {"lpips": distance.mean()})

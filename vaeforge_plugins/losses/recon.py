@@ -47,7 +47,8 @@ class Recon(LossTerm):
             raise ConfigError(f"recon: unknown reduction '{cfg.reduction}' (valid: {', '.join(REDUCTIONS)})")
         self.cfg = cfg
         if cfg.kind == "gaussian_nll":
-            self.log_scale = nn.Parameter(torch.tensor(float(cfg.init_log_scale)))
+            # shape [1], not []: DeepSpeed cannot broadcast a 0-dim parameter
+            self.log_scale = nn.Parameter(torch.full((1,), float(cfg.init_log_scale)))
 
     def per_pixel(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss at every channel and pixel, ``[B, C, H, W]``."""
@@ -65,5 +66,5 @@ class Recon(LossTerm):
         per_image = per_image.sum(1) if self.cfg.reduction == "sum" else per_image.mean(1)
         logs: dict[str, float | torch.Tensor] = {"mse": (torch.sigmoid(logits) - target).square().mean()}
         if self.cfg.kind == "gaussian_nll":
-            logs["sigma"] = self.log_scale.detach().exp()
+            logs["sigma"] = self.log_scale.detach().exp()[0]
         return LossValue(per_image.mean(), logs)
