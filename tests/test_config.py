@@ -54,7 +54,21 @@ def test_config_errors(args, expected):
     ("losses.kl.args.beta=abc", "bad value for 'beta'"),
     ("trainer.max_stepz=1", "did you mean 'max_steps'?"),
     ("notakeyvalue", "is not of the form key=value"),
-    ("trainer.time_budget=0", "trainer.time_budget must be a positive number of seconds"),
+    ("trainer.time_budget=0", "trainer.time_budget must be > 0 or null, got 0"),
+    ("trainer.ema_every=0", "trainer.ema_every must be >= 1, got 0"),
+    ("data.batch_size=0", "data.batch_size must be >= 1, got 0"),
+    ("data.batch_size=-3", "data.batch_size must be >= 1, got -3"),
+    ("trainer.grad_accum=0", "trainer.grad_accum must be >= 1, got 0"),
+    ("trainer.log_every=0", "trainer.log_every must be >= 1, got 0"),
+    ("trainer.max_steps=-5", "trainer.max_steps must be >= 1, got -5"),
+    ("trainer.ema_decay=2", "trainer.ema_decay must be >= 0 and <= 1, got 2"),
+    ("optim.lr=-1", "optim.lr must be > 0, got -1"),
+    ("model.latent_dim=0", "model.latent_dim must be >= 1, got 0"),
+    ("data.num_workers=-1", "data.num_workers must be >= 0, got -1"),
+    ("optim.schedule=cosinus", "unknown optim.schedule 'cosinus' (valid: constant, cosine, linear; did you mean 'cosine'?)"),
+    ("trainer.mixed_precision=bf61", "unknown trainer.mixed_precision 'bf61' (valid: auto, bf16, fp16, no; did you mean"),
+    ("losses.kl.args.beta=-1", "loss 'kl' (kl): beta must be >= 0, got -1"),
+    ("losses.recon.args.kind=ms", "loss 'recon' (recon): unknown kind 'ms' (valid: bce, gaussian_nll, l1, mse; did you"),
 ])
 def test_train_cli_rejects_bad_input_in_one_line(override, expected):
     args = [override] if override.startswith("recipe=") else ["recipe=lfw_unet", override]

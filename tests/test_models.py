@@ -39,7 +39,7 @@ def test_unet_rejects_an_image_size_its_stages_cannot_halve():
         build_model(model_cfg("unet", {"widths": [8, 8, 8, 8, 8]}), ImageSpec(48))
     with pytest.raises(ConfigError, match="not divisible by stem 4"):
         build_model(model_cfg("unet", {"widths": [8, 8, 8], "stem": 4}), ImageSpec(48))
-    with pytest.raises(ConfigError, match="stem must be 1, 2 or 4"):
+    with pytest.raises(ConfigError, match="unknown stem '3' \\(valid: 1, 2, 4\\)"):
         build_model(model_cfg("unet", {"widths": [8], "stem": 3}), ImageSpec(48))
 
 

@@ -21,7 +21,8 @@ from .tasks.attributes import AttributeClassifier, AttributeVector, has_attribut
 from .data.corrupt import corrupt
 from .data.corrupt import describe as describe_corruption
 from .data.corrupt import parse_spec as parse_corruption
-from .errors import CheckpointError, ConfigError, DataError, PluginError, did_you_mean
+from .config.fields import above, at_least, between, choice
+from .errors import CheckpointError, ConfigError, DataError, PluginError, did_you_mean, unknown_choice
 from .models.latent_mixture import LatentMixture
 from .models.objective import LossTerm, LossValue, OwnedModule, OwnedOptim
 from .metrics import active_units, frechet_distance, kl_per_dim, psnr, ssim
@@ -50,6 +51,6 @@ __all__ = [
     "AttributeClassifier", "AttributeVector", "CheckpointError", "LatentMixture", "TRAIN", "VAL", "active_units", "corrupt",
     "describe_corruption", "did_you_mean", "frechet_distance", "has_attribute", "parse_corruption", "ssim",
     "BackboneParts", "ConfigError", "DataError", "ImageSpec", "LPIPS", "LossTerm", "LossValue", "OwnedModule",
-    "OwnedOptim", "PluginError", "TaskContext",
+    "OwnedOptim", "PluginError", "TaskContext", "above", "at_least", "between", "choice", "unknown_choice",
     "VAEOutput", "find_lpips_weights", "kl_per_dim", "psnr", "register_backbone", "register_loss", "register_task",
 ]

@@ -37,4 +37,4 @@ class PluginError(VaeforgeError):
 
 def unknown_choice(what: str, value: object, choices: Iterable[str]) -> ConfigError:
     """The one wording of every unknown-choice error: ``unknown <what> '<value>' (valid: ...; did you mean ...)``."""
-    return ConfigError(f"unknown {what} '{value}' ({did_you_mean(str(value), choices)})")
+    return ConfigError(f"unknown {what} '{value}' ({did_you_mean(str(value), [str(c) for c in choices])})")

@@ -30,9 +30,11 @@ def at_least(low: float, default: Any) -> Any:
     return field(default=default, metadata={LOW: low, NULL_OK: default is None})
 
 
-def above(low: float, default: Any) -> Any:
-    """A number field that must be > ``low`` (``None`` allowed when it is the default)."""
-    return field(default=default, metadata={LOW: low, LOW_OPEN: True, NULL_OK: default is None})
+def above(low: float, default: Any, high: float | None = None) -> Any:
+    """A number field that must be > ``low`` (and <= ``high`` when given; ``None`` allowed when it is the
+    default)."""
+    meta = {LOW: low, LOW_OPEN: True, NULL_OK: default is None}
+    return field(default=default, metadata=meta if high is None else {**meta, HIGH: high})
 
 
 def between(low: float, high: float, default: Any) -> Any:
@@ -43,7 +45,7 @@ def between(low: float, high: float, default: Any) -> Any:
 def describe(meta: Any) -> str:
     """What a field accepts, for ``--help`` and the config reference ("" when it declares nothing)."""
     if CHOICES in meta:
-        return "one of " + ", ".join(meta[CHOICES])
+        return "one of " + ", ".join(map(str, meta[CHOICES]))
     parts = []
     if LOW in meta:
         parts.append(f"{'>' if meta.get(LOW_OPEN) else '>='} {meta[LOW]:g}")
@@ -52,28 +54,30 @@ def describe(meta: Any) -> str:
     return " and ".join(parts) + (" or null" if meta.get(NULL_OK) else "")
 
 
-def check_field(key: str, value: Any, meta: Any) -> None:
-    """Raise the one-line error when ``value`` is outside what the field's ``meta`` declares."""
+def check_field(key: str, value: Any, meta: Any, where: str = "") -> None:
+    """Raise the one-line error (``where`` before it) when ``value`` is outside what the field's ``meta``
+    declares."""
     if CHOICES in meta:
         if value not in meta[CHOICES]:
-            raise unknown_choice(key, value, meta[CHOICES])
+            raise ConfigError(f"{where}{unknown_choice(key, value, meta[CHOICES])}")
         return
     if value is None and meta.get(NULL_OK) or (LOW not in meta and HIGH not in meta):
         return
     low_ok = LOW not in meta or (value > meta[LOW] if meta.get(LOW_OPEN) else value >= meta[LOW])
     if not (isinstance(value, (int, float)) and low_ok and (HIGH not in meta or value <= meta[HIGH])):
-        raise ConfigError(f"{key} must be {describe(meta)}, got {value!r}")
+        raise ConfigError(f"{where}{key} must be {describe(meta)}, got {value!r}")
 
 
-def check_values(config: Any, prefix: str = "") -> None:
-    """Check every declared field of a config dataclass (recursively); ``prefix`` names it in errors."""
+def check_values(config: Any, where: str = "", prefix: str = "") -> None:
+    """Check every declared field of a config dataclass (recursively, dotted keys under ``prefix``); ``where``
+    starts each error (e.g. the plugin the options belong to)."""
     if isinstance(config, dict):
         for key, value in config.items():
-            check_values(value, f"{prefix}{key}.")
+            check_values(value, where, f"{prefix}{key}.")
         return
     if not is_dataclass(config):
         return
     for f in fields(config):
         value = getattr(config, f.name)
-        check_field(f"{prefix}{f.name}", value, f.metadata)
-        check_values(value, f"{prefix}{f.name}.")
+        check_field(f"{prefix}{f.name}", value, f.metadata, where)
+        check_values(value, where, f"{prefix}{f.name}.")

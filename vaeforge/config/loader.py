@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError, PluginError, did_you_mean
+from .fields import check_values
 from .schema import RunConfig
 
 RECIPE_SUFFIX = ".yaml"
@@ -96,7 +97,7 @@ def check_keys(schema: DictConfig, dotted_keys: list[str], where: str) -> None:
             node = node._get_node(part)
 
 
-def _merge(base: DictConfig, update: dict[str, Any] | DictConfig, where: str) -> DictConfig:
+def merge(base: DictConfig, update: dict[str, Any] | DictConfig, where: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, update)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
@@ -105,7 +106,7 @@ def _merge(base: DictConfig, update: dict[str, Any] | DictConfig, where: str) ->
         raise ConfigError(f"bad value for '{key}' in {where}: {msg}") from None
 
 
-def _overrides_as_tree(overrides: dict[str, Any]) -> DictConfig:
+def overrides_as_tree(overrides: dict[str, Any]) -> DictConfig:
     tree = OmegaConf.create()
     for key, value in overrides.items():
         OmegaConf.update(tree, key, value, force_add=True)
@@ -127,17 +128,17 @@ def load_config(args: dict[str, Any], saved: Path | None = None) -> DictConfig:
     """The run config: schema defaults <- saved config (on resume) <- recipe <- ``key=value`` overrides."""
     cfg: DictConfig = OmegaConf.structured(RunConfig)
     if saved is not None:
-        cfg = _merge(cfg, OmegaConf.load(saved), str(saved))
+        cfg = merge(cfg, OmegaConf.load(saved), str(saved))
     recipe = args.get("recipe")
     if recipe:
         data = load_recipe(str(recipe))
         check_keys(cfg, list(_flatten(data)), f"recipe '{recipe}'")
-        cfg = _merge(cfg, data, f"recipe '{recipe}'")
+        cfg = merge(cfg, data, f"recipe '{recipe}'")
     elif saved is None:
         raise ConfigError(f"no recipe given: pass recipe=NAME ({did_you_mean('', available_recipes())})")
     check_keys(cfg, list(args), "overrides")
     _drop_args_of_replaced_plugins(cfg, args)
-    cfg = _merge(cfg, _overrides_as_tree(args), "overrides")
+    cfg = merge(cfg, overrides_as_tree(args), "overrides")
     for term, spec in cfg.losses.items():
         if spec.name == "???":
             raise ConfigError(f"loss term '{term}' has no name: set losses.{term}.name")
@@ -161,7 +162,9 @@ def validate_plugin_args(config_cls: type | None, args: Any, where: str) -> Any:
                           f"({str(exc).splitlines()[0]}): give each field a type among int, float, str, bool, "
                           "Optional, List or Dict of those, and a default of that type") from None
     check_keys(schema, list(_flatten(args)), where)
-    return OmegaConf.to_object(_merge(schema, args, where))
+    options = OmegaConf.to_object(merge(schema, args, where))
+    check_values(options, f"{where}: ")
+    return options
 
 
 def save_config(cfg: DictConfig, path: Path) -> None:

@@ -8,6 +8,7 @@ from dataclasses import MISSING, fields, is_dataclass
 from typing import Any
 
 from ..registry import KINDS, REGISTRY
+from .fields import describe
 from .schema import RunConfig
 
 _FIELD_LINE = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.+)$")
@@ -35,9 +36,9 @@ def _type_name(tp: Any) -> str:
     return (tp if isinstance(tp, str) else getattr(tp, "__name__", str(tp))).replace("typing.", "")
 
 
-def rows(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(key, type, default, meaning) for every field, nested dataclasses flattened with dotted keys."""
-    out: list[tuple[str, str, str, str]] = []
+def rows(cls: type, prefix: str = "") -> list[tuple[str, str, str, str, str]]:
+    """(key, type, default, accepts, meaning) for every field, nested dataclasses flattened with dotted keys."""
+    out: list[tuple[str, str, str, str, str]] = []
     notes = _comments(cls)
     for f in fields(cls):
         key = f"{prefix}{f.name}"
@@ -45,14 +46,14 @@ def rows(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
         if is_dataclass(nested):
             out += rows(type(nested), key + ".")
         else:
-            out.append((key, _type_name(f.type), _default(f), notes.get(f.name, "")))
+            out.append((key, _type_name(f.type), _default(f), describe(f.metadata), notes.get(f.name, "")))
     return out
 
 
-def _table(entries: list[tuple[str, str, str, str]]) -> list[str]:
-    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+def _table(entries: list[tuple[str, str, str, str, str]]) -> list[str]:
+    lines = ["| key | type | default | accepts | meaning |", "|---|---|---|---|---|"]
     cell = lambda text: text.replace("|", "\\|")  # noqa: E731
-    lines += [f"| `{k}` | {cell(t)} | `{d}` | {cell(m)} |" for k, t, d, m in entries]
+    lines += [f"| `{k}` | {cell(t)} | `{d}` | {cell(a)} | {cell(m)} |" for k, t, d, a, m in entries]
     return lines
 
 

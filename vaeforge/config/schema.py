@@ -7,6 +7,11 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING
 
 from ..data.corrupt import CorruptionConfig
+from .fields import above, at_least, between, choice
+
+ON_ERROR = ("raise", "skip")  # data.on_error
+SCHEDULES = ("constant", "cosine", "linear")  # optim.schedule
+PRECISIONS = ("auto", "no", "bf16", "fp16")  # trainer.mixed_precision
 
 
 @dataclass
@@ -22,55 +27,55 @@ class LossSpec:
     """One loss term: a loss plugin, its weight in the total, and its arguments."""
 
     name: str = MISSING
-    weight: float = 1.0  # 0 switches the term off (it is not built)
+    weight: float = at_least(0, 1.0)  # 0 switches the term off (it is not built)
     args: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class DataConfig:
     shards: str = "data/lfw64"  # folder written by `vaeforge prepare` (holds manifest.json)
-    batch_size: int = 64  # per process; the global batch is batch_size x processes x grad_accum
-    num_workers: int = 1  # loader worker processes per rank
-    shuffle_buffer: int = 2000  # samples held for shuffling in each worker
-    val_batch_size: int = 128  # batch size of validation passes
-    val_max_batches: int = 0  # 0: the whole val split
-    on_error: str = "raise"  # bad shard or sample: raise (naming it) | skip (count, warn, refill the batch)
+    batch_size: int = at_least(1, 64)  # per process; the global batch is batch_size x processes x grad_accum
+    num_workers: int = at_least(0, 1)  # loader worker processes per rank
+    shuffle_buffer: int = at_least(1, 2000)  # samples held for shuffling in each worker
+    val_batch_size: int = at_least(1, 128)  # batch size of validation passes
+    val_max_batches: int = at_least(0, 0)  # 0: the whole val split
+    on_error: str = choice("raise", ON_ERROR)  # bad shard or sample: raise (naming it) or skip (count, warn, refill)
     corruption: CorruptionConfig = field(default_factory=CorruptionConfig)  # denoising: corrupt inputs only
 
 
 @dataclass
 class ModelConfig:
-    latent_dim: int = 128  # size of the vector latent z
+    latent_dim: int = at_least(1, 128)  # size of the vector latent z
     backbone: PluginSpec = field(default_factory=PluginSpec)
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3  # peak learning rate (AdamW)
-    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    lr: float = above(0, 1e-3)  # peak learning rate (AdamW)
+    weight_decay: float = at_least(0, 0.0)  # AdamW decoupled weight decay
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
-    schedule: str = "cosine"  # constant | cosine | linear (after warm-up)
-    warmup_steps: int = 100  # linear learning-rate warm-up from 0
-    min_lr_ratio: float = 0.1  # final lr / lr for cosine and linear
-    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    schedule: str = choice("cosine", SCHEDULES)  # the lr after warm-up
+    warmup_steps: int = at_least(0, 100)  # linear learning-rate warm-up from 0
+    min_lr_ratio: float = between(0, 1, 0.1)  # final lr / lr for cosine and linear
+    grad_clip: float = at_least(0, 1.0)  # max global grad norm; 0 disables clipping
 
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 10_000  # optimizer steps
-    max_time: Optional[float] = None  # seconds of training in this session; stops with a checkpoint
-    time_budget: Optional[float] = None  # training seconds across resumes: the run ends there, the lr decays over it
-    grad_accum: int = 1  # micro-batches per optimizer step
-    mixed_precision: str = "no"  # auto | no | bf16 | fp16; auto: bf16 where the device computes it natively, else fp32
-    ema_decay: float = 0.999  # per-step decay of the EMA of weights; 0 disables it
-    ema_every: int = 1  # steps between EMA updates, each standing for that many (decay ** ema_every): cheaper
+    max_steps: int = at_least(1, 10_000)  # optimizer steps
+    max_time: Optional[float] = above(0, None)  # seconds of training in this session; stops with a checkpoint
+    time_budget: Optional[float] = above(0, None)  # training seconds across resumes: the run ends there, the lr decays over it
+    grad_accum: int = at_least(1, 1)  # micro-batches per optimizer step
+    mixed_precision: str = choice("no", PRECISIONS)  # auto: bf16 where the device computes it natively, else fp32
+    ema_decay: float = between(0, 1, 0.999)  # per-step decay of the EMA of weights; 0 disables it
+    ema_every: int = at_least(1, 1)  # steps between EMA updates, each standing for that many (decay ** ema_every): cheaper
     seed: int = 0  # same seed, same run (weights, data order, noise)
-    log_every: int = 25  # steps between TensorBoard scalar logs
-    val_every: int = 500  # steps between validation passes; 0 disables
-    image_every: int = 500  # reconstruction and sample grids in TensorBoard; 0 disables
-    checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end); 0: only at the end
-    keep_checkpoints: int = 3  # newest checkpoints kept; older ones are deleted
-    max_nonfinite: int = 20  # consecutive skipped (non-finite) updates before the run stops
+    log_every: int = at_least(1, 25)  # steps between TensorBoard scalar logs
+    val_every: int = at_least(0, 500)  # steps between validation passes; 0 disables
+    image_every: int = at_least(0, 500)  # reconstruction and sample grids in TensorBoard; 0 disables
+    checkpoint_every: int = at_least(0, 500)  # steps between checkpoints (one is always written at the end); 0: only at the end
+    keep_checkpoints: int = at_least(1, 3)  # newest checkpoints kept; older ones are deleted
+    max_nonfinite: int = at_least(1, 20)  # consecutive skipped (non-finite) updates before the run stops
     progress: bool = True  # tqdm bar on rank 0
     audit_samples: bool = False  # write the keys of every training sample each rank saw to run_dir/audit/
     retain_freed_memory: bool = True  # glibc keeps memory freed by a step for the next (no page faults per step)

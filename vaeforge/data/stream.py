@@ -23,11 +23,11 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..errors import ConfigError, DataError, did_you_mean
+from ..config.schema import ON_ERROR
+from ..errors import DataError, unknown_choice
 from .npy import read_npy
 from .tarstream import shard_samples
 
-ON_ERROR = ("raise", "skip")
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class StreamSpec:
 
 def check_on_error(on_error: str) -> None:
     if on_error not in ON_ERROR:
-        raise ConfigError(f"unknown data.on_error '{on_error}' ({did_you_mean(on_error, ON_ERROR)})")
+        raise unknown_choice("data.on_error", on_error, ON_ERROR)
 
 
 class ErrorPolicy:

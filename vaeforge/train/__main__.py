@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from ..cli.args import parse_overrides, user_errors_exit
 from ..config import load_config, validate_plugin_args
+from ..config.fields import check_values
 from ..registry import REGISTRY, named_modules_hint
 from ..runs.layout import CONFIG_FILE, TB_DIR
 
@@ -27,6 +28,7 @@ def resolve_config(argv: list[str]):
     REGISTRY.import_modules(modules)
     with named_modules_hint(list(cfg.plugins), modules):
         check_plugins(cfg)
+    check_values(OmegaConf.to_object(cfg))
     return cfg
 
 

@@ -21,9 +21,9 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs, broadcast,
 from omegaconf import DictConfig
 from torch import nn
 
-from ..errors import ConfigError, VaeforgeError
+from ..config.schema import PRECISIONS
+from ..errors import ConfigError, VaeforgeError, unknown_choice
 
-PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def resolve_precision(requested: str, launch: Launch) -> str:
     """The precision a run trains in: the recipe's; for ``auto`` the launcher's when it asked for one, else
     bf16 where the device computes it natively, else fp32 (``no``). fp16 is only ever chosen explicitly."""
     if requested not in PRECISIONS:
-        raise ConfigError(f"trainer.mixed_precision must be one of {PRECISIONS}, got '{requested}'")
+        raise unknown_choice("trainer.mixed_precision", requested, PRECISIONS)
     if requested != "auto":
         return requested
     if launch.precision != "no":

@@ -12,12 +12,6 @@ from __future__ import annotations
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from ..errors import ConfigError
-
-
-def check_every(every: int) -> None:
-    if every < 1:
-        raise ConfigError(f"trainer.ema_every must be >= 1 (steps between EMA updates), got {every}")
 
 
 def steps_covered(step: int, every: int) -> int:

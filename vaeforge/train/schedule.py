@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from ..errors import ConfigError, did_you_mean
+from ..config.schema import SCHEDULES
+from ..errors import unknown_choice
 
-SCHEDULES = ("constant", "cosine", "linear")
 
 
 def step_progress(warmup: int, total: int) -> Callable[[int], float]:
@@ -19,7 +19,7 @@ def lr_factor(schedule: str, warmup: int, min_ratio: float) -> Callable[[int, fl
     """The multiplier of the base learning rate for optimizer step ``step`` (0-based) when ``progress`` of the
     decay is done (clamped to [0, 1])."""
     if schedule not in SCHEDULES:
-        raise ConfigError(f"unknown optim.schedule '{schedule}' ({did_you_mean(schedule, SCHEDULES)})")
+        raise unknown_choice("optim.schedule", schedule, SCHEDULES)
 
     def factor(step: int, progress: float) -> float:
         if step < warmup:
@@ -31,8 +31,3 @@ def lr_factor(schedule: str, warmup: int, min_ratio: float) -> Callable[[int, fl
         return min_ratio + (1.0 - min_ratio) * shape
 
     return factor
-
-
-def check_time_budget(seconds: float | None) -> None:
-    if seconds is not None and not seconds > 0:
-        raise ConfigError(f"trainer.time_budget must be a positive number of seconds (or null), got {seconds}")

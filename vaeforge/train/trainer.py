@@ -21,18 +21,18 @@ from omegaconf import DictConfig, OmegaConf
 from timm.utils import ModelEmaV3
 
 from .. import __version__
+from ..config.fields import check_values
 from ..config.schema import RunConfig
 from ..data.corrupt import check as check_corruption
 from ..data.corrupt import corrupt
 from ..data.manifest import read_manifest, shard_paths
-from ..data.stream import StreamSpec, check_on_error, train_loader
+from ..data.stream import StreamSpec, train_loader
 from ..errors import ConfigError, VaeforgeError
 from ..models.vae import ImageSpec, build_model
 from ..models.objective import LossSet
 from ..runs import checkpoints as ckpt
 from ..runs import folder as run_folder
 from . import distributed as dist
-from . import ema as ema_schedule
 from .builders import TrainModule, adamw, build_train_module, take_owned, to_float
 from .callbacks import Callback, Callbacks, default_callbacks
 from .checkpointing import CheckpointManager
@@ -40,7 +40,6 @@ from .evaluator import EvalData, Evaluator
 from .groups import ModelGroup, OwnedGroup
 from .heap import frozen_heap, retain_freed_memory
 from .monitor import Monitor
-from .schedule import check_time_budget
 from .step import Groups, StepResult, train_step
 
 
@@ -74,10 +73,8 @@ class Trainer:
 
     @staticmethod
     def _check(opts: RunConfig) -> None:
+        check_values(opts)  # a config built in Python, not through the command line, is checked here too
         check_corruption(opts.data.corruption)
-        check_on_error(opts.data.on_error)
-        check_time_budget(opts.trainer.time_budget)
-        ema_schedule.check_every(opts.trainer.ema_every)
 
     def _build(self) -> None:
         """Model, loss terms, optimizer groups, EMA, evaluator and checkpoint manager; Accelerate wraps the

@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from vaeforge.api import ConfigError, BackboneParts, ImageSpec, register_backbone
+from vaeforge.api import BackboneParts, ConfigError, ImageSpec, at_least, choice, register_backbone
 
 
 @dataclass
 class UNetConfig:
     widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # one stage per width, each halves H, W
-    blocks_per_stage: int = 1
-    stem: int = 1  # 1, 2 or 4: stem conv stride (decoder ends in a pixel shuffle); no block at full resolution
+    blocks_per_stage: int = at_least(1, 1)  # residual blocks in each stage
+    stem: int = choice(1, (1, 2, 4))  # stem conv stride (decoder ends in a pixel shuffle); no block at full resolution
     groups: int = 8  # GroupNorm groups (reduced for narrow layers)
     attention: list[int] = field(default_factory=list)  # feature-map sizes (e.g. [8, 4]) that get self-attention
     attention_heads: int = 4  # reduced until it divides the stage's width
@@ -74,8 +74,6 @@ def _blocks(c_in: int, c_out: int, cfg: UNetConfig, size: int) -> list[nn.Module
 
 def _check(cfg: UNetConfig, image: ImageSpec) -> None:
     depth = len(cfg.widths)
-    if cfg.stem not in (1, 2, 4):
-        raise ConfigError(f"unet: stem must be 1, 2 or 4 (the stem's down-sampling factor), got {cfg.stem}")
     if image.size % (cfg.stem * 2**depth):
         raise ConfigError(f"unet: image size {image.size} is not divisible by stem {cfg.stem} x 2**{depth} "
                           "(one halving per width)")

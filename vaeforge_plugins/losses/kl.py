@@ -11,19 +11,19 @@ from dataclasses import dataclass
 
 import torch
 
-from vaeforge.api import ConfigError, LossTerm, LossValue, VAEOutput, kl_per_dim, register_loss
+from vaeforge.api import LossTerm, LossValue, VAEOutput, above, at_least, choice, kl_per_dim, register_loss
 
 SCHEDULES = ("constant", "linear", "cyclical")
 
 
 @dataclass
 class KLConfig:
-    beta: float = 1.0
-    schedule: str = "linear"  # constant | linear | cyclical
-    warmup_steps: int = 0  # linear: steps from beta=0 to beta (0: constant)
-    cycle_steps: int = 1000  # cyclical: steps per cycle
-    ramp_fraction: float = 0.5  # cyclical: part of each cycle spent ramping up
-    free_bits: float = 0.0  # nats per latent dim charged at least; 0 disables
+    beta: float = at_least(0, 1.0)  # the KL weight after warm-up (1 with recon's sum reduction: the ELBO)
+    schedule: str = choice("linear", SCHEDULES)  # how beta reaches its value
+    warmup_steps: int = at_least(0, 0)  # linear: steps from beta=0 to beta (0: constant)
+    cycle_steps: int = at_least(1, 1000)  # cyclical: steps per cycle
+    ramp_fraction: float = above(0, 0.5, high=1)  # cyclical: part of each cycle spent ramping up
+    free_bits: float = at_least(0, 0.0)  # nats per latent dim charged at least; 0 disables
 
 
 def beta_at(cfg: KLConfig, step: int) -> float:
@@ -40,12 +40,6 @@ def beta_at(cfg: KLConfig, step: int) -> float:
 class KL(LossTerm):
     def __init__(self, cfg: KLConfig) -> None:
         super().__init__()
-        if cfg.schedule not in SCHEDULES:
-            raise ConfigError(f"kl: unknown schedule '{cfg.schedule}' (valid: {', '.join(SCHEDULES)})")
-        if cfg.schedule == "cyclical" and (cfg.cycle_steps < 1 or not 0 < cfg.ramp_fraction <= 1):
-            raise ConfigError("kl: cyclical needs cycle_steps >= 1 and 0 < ramp_fraction <= 1")
-        if cfg.free_bits < 0:
-            raise ConfigError(f"kl: free_bits must be >= 0, got {cfg.free_bits}")
         self.cfg = cfg
 
     def beta(self, step: int) -> float:

@@ -20,27 +20,24 @@ from dataclasses import dataclass
 
 import torch
 
-from vaeforge.api import LPIPS, ConfigError, LossTerm, LossValue, VAEOutput, register_loss
+from vaeforge.api import LPIPS, LossTerm, LossValue, VAEOutput, above, choice, register_loss
 
 REDUCTIONS = ("sum", "mean")
+NETS = ("alex", "vgg")
 
 
 @dataclass
 class PerceptualConfig:
-    net: str = "alex"  # alex | vgg
+    net: str = choice("alex", NETS)  # the LPIPS trunk
     weights: str = ""  # safetensors file; empty: $VAEFORGE_LPIPS_WEIGHTS/ or ~/.cache/vaeforge/
-    reduction: str = "sum"  # sum: LPIPS x (C x H x W), on recon's sum scale | mean: the plain distance
-    batch_fraction: float = 1.0  # share of each training batch the term is computed on (cost falls with it)
+    reduction: str = choice("sum", REDUCTIONS)  # sum: LPIPS x (C x H x W), on recon's sum scale; mean: the distance
+    batch_fraction: float = above(0, 1.0, high=1)  # share of each training batch the term is computed on (cost falls with it)
 
 
 @register_loss("perceptual", config=PerceptualConfig)
 class Perceptual(LossTerm):
     def __init__(self, cfg: PerceptualConfig) -> None:
         super().__init__()
-        if cfg.reduction not in REDUCTIONS:
-            raise ConfigError(f"perceptual: unknown reduction '{cfg.reduction}' (valid: {', '.join(REDUCTIONS)})")
-        if not 0 < cfg.batch_fraction <= 1:
-            raise ConfigError(f"perceptual: batch_fraction must be in (0, 1], got {cfg.batch_fraction}")
         self.cfg = cfg
         self.lpips = LPIPS(cfg.net, cfg.weights or None)
 

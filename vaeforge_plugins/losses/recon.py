@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaeforge.api import ConfigError, LossTerm, LossValue, VAEOutput, register_loss
+from vaeforge.api import LossTerm, LossValue, VAEOutput, choice, register_loss
 
 KINDS = ("mse", "l1", "bce", "gaussian_nll")
 REDUCTIONS = ("sum", "mean")
@@ -27,8 +27,8 @@ MIN_LOG_SCALE = -7.0  # sigma >= 1e-3 (a quarter of an 8-bit level): keeps 1 / s
 
 @dataclass
 class ReconConfig:
-    kind: str = "mse"  # mse | l1 | bce (on logits, targets in [0, 1]) | gaussian_nll (learned sigma)
-    reduction: str = "sum"  # sum | mean over pixels of an image; always mean over the batch
+    kind: str = choice("mse", KINDS)  # bce is on logits (targets in [0, 1]); gaussian_nll learns sigma
+    reduction: str = choice("sum", REDUCTIONS)  # over the pixels of an image; always the mean over the batch
     init_log_scale: float = -2.0  # gaussian_nll: initial log sigma (sigma = 0.135, about a 17 dB decoder)
 
 
@@ -41,10 +41,6 @@ def gaussian_nll(mean: torch.Tensor, target: torch.Tensor, log_scale: torch.Tens
 class Recon(LossTerm):
     def __init__(self, cfg: ReconConfig) -> None:
         super().__init__()
-        if cfg.kind not in KINDS:
-            raise ConfigError(f"recon: unknown kind '{cfg.kind}' (valid: {', '.join(KINDS)})")
-        if cfg.reduction not in REDUCTIONS:
-            raise ConfigError(f"recon: unknown reduction '{cfg.reduction}' (valid: {', '.join(REDUCTIONS)})")
         self.cfg = cfg
         if cfg.kind == "gaussian_nll":
             # shape [1], not []: DeepSpeed cannot broadcast a 0-dim parameter
