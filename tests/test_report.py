@@ -4,8 +4,10 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
+from torch.utils.tensorboard import SummaryWriter
 
 from helpers import BIN, PY, TINY, run, train
 
@@ -47,6 +49,67 @@ def test_report_renders_with_its_images_in_headless_chromium(lfw64, tmp_path, ch
     run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=1200,1600",
          f"--screenshot={shot}", page.as_uri()], timeout=120)
     assert shot.stat().st_size > 20_000
+
+
+def charts(page: str) -> dict[str, str]:
+    """Each chart of a page (as Chromium serialised its DOM) by title, in page order: title -> the SVG's markup."""
+    found = re.findall(r'<svg class="chart".*?</svg>', page, re.S)
+    return {re.search(r"<title>(.*?)</title>", svg).group(1): svg for svg in found}
+
+
+def dump_dom(chromium: str, page: Path, profile: Path) -> str:
+    """The page's DOM as headless Chromium built it."""
+    return run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+               timeout=120).stdout
+
+
+def screenshot(chromium: str, page: Path, profile: Path, shot: Path) -> None:
+    run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1300,1500", f"--screenshot={shot}",
+         page.as_uri()], timeout=120)
+    assert shot.stat().st_size > 20_000
+    print(f"screenshot: {shot}")
+
+
+def test_report_charts_every_scalar_and_dots_short_series(lfw64, tmp_path, chromium):
+    """A series logged once (val/loss here) is a visible dot, not an empty box, and a plugin's own train/ term
+    is charted, after the known curves; an lr schedule that ran to its end carries no note."""
+    run_dir = tmp_path / "run"
+    train(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", "optim.warmup_steps=0", "trainer.image_every=0",
+          "trainer.max_steps=20")  # val_every 20: val/loss logged once; the lr schedule ends at step 20
+    with SummaryWriter(str(run_dir / "tb")) as writer:  # a loss plugin's own term, as the engine logs it
+        for step in (5, 10, 15, 20):
+            writer.add_scalar("train/sharpness", 1.0 / step, step)
+    run([str(BIN / "vaeforge"), "report", f"run_dir={run_dir}"])
+    page = run_dir / "report.html"
+    drawn = charts(dump_dom(chromium, page, tmp_path / "profile"))
+
+    titles = list(drawn)
+    assert titles[:3] == ["train/loss", "val/loss", "val/psnr"]
+    assert titles.index("train/lr") < titles.index("train/sharpness") < titles.index("perf/images_per_sec")
+    assert all(t.startswith(("train/", "val/", "perf/")) for t in titles)
+    markers = re.findall(r'<circle class="marker" cx="([\d.]+)" cy="([\d.]+)" r="([\d.]+)"', drawn["val/loss"])
+    assert len(markers) == 1  # the one point, drawn as a dot inside the chart
+    cx, cy, r = map(float, markers[0])
+    assert r >= 2 and 0 < cx < 360 and 0 < cy < 200
+    assert len(re.findall(r"<circle", drawn["train/sharpness"])) == 4
+    assert 'class="note"' not in drawn["train/lr"]
+    screenshot(chromium, page, tmp_path / "profile2", tmp_path / "charts.png")
+
+
+def test_report_says_where_a_cut_off_lr_schedule_stopped(lfw64, tmp_path, chromium):
+    """A run stopped by trainer.max_time long before trainer.max_steps (what the demo's TRAIN_TIME used to
+    do): its lr chart says how far the schedule got, with the step of the run's last checkpoint."""
+    run_dir = tmp_path / "run"
+    train(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", "optim.warmup_steps=0", "trainer.image_every=0",
+          "trainer.val_every=0", "trainer.max_steps=2000", "trainer.max_time=4")
+    step = int(sorted((run_dir / "checkpoints").iterdir())[-1].name.removeprefix("step_"))
+    run([str(BIN / "vaeforge"), "report", f"run_dir={run_dir}"])
+    page = run_dir / "report.html"
+    lr_chart = charts(dump_dom(chromium, page, tmp_path / "p"))["train/lr"]
+    notes = re.findall(r'<text class="note"[^>]*>(.*?)</text>', lr_chart)
+    assert 0 < step < 2000 and notes == [f"schedule stopped at {step / 2000:.0%} of its horizon",
+                                         f"step {step:,} of trainer.max_steps 2,000"]
+    screenshot(chromium, page, tmp_path / "p2", tmp_path / "cut.png")
 
 
 def test_report_of_a_folder_that_is_not_a_run(tmp_path):

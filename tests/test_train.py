@@ -1,6 +1,7 @@
 """Training for real on the prepared LFW shards: 1 and 2 processes, checkpoints, resume, TensorBoard."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import signal
@@ -208,3 +209,15 @@ def test_two_processes_share_one_clock_for_the_time_budget(lfw64, tmp_path):
     assert len(digests) == 1
     state = json.loads((sorted((run_dir / CKPT).iterdir())[-1] / "state.json").read_text())
     assert state["train_seconds"] >= 5 and state["step"] > 10
+
+
+def test_a_cpu_run_without_deepspeed_says_nothing_of_deepspeed(lfw64, tmp_path):
+    """accelerate imports DeepSpeed whenever it is installed, and DeepSpeed then warned "Setting accelerator to
+    CPU" from real_accelerator.py in every CPU run (on stdout, through its own logger): a run that does not use
+    DeepSpeed must print no DeepSpeed line on either stream."""
+    assert importlib.util.find_spec("deepspeed") is not None  # installed (the [deepspeed] extra): the trap is armed
+    clean_env = {k: v for k, v in env().items() if k != "DS_ACCELERATOR"}
+    proc = train(*TINY, f"data.shards={lfw64}", f"run_dir={tmp_path / 'run'}", "trainer.max_steps=2", env=clean_env)
+    assert "done: step 2" in proc.stdout
+    for stream in (proc.stdout, proc.stderr):
+        assert "[WARNING]" not in stream and "real_accelerator" not in stream, stream

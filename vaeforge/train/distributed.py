@@ -105,6 +105,8 @@ def make_accelerator(precision: str, grad_accum: int, launch: Launch) -> Acceler
         kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
     elif not launch.deepspeed:
         kwargs["cpu"] = not cuda
+        if not cuda:  # accelerate imports DeepSpeed when installed; told the device, it does not warn it guessed CPU
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
     return Accelerator(**kwargs)
 
 
