@@ -89,8 +89,7 @@ def one_process_reference(shards: Path, keys: tuple[tuple[tuple[str, ...], ...],
     from vaeforge.models.objective import LossSet
     from vaeforge.models.vae import ImageSpec, build_model
     from vaeforge.train.__main__ import resolve_config
-    from vaeforge.train import ema as ema_schedule
-    from vaeforge.train.builders import TrainModule, to_float
+    from vaeforge.train.builders import TrainModule
 
     cfg = resolve_config([*overrides, f"data.shards={shards}"])
     world = len(keys[0])
@@ -106,22 +105,35 @@ def one_process_reference(shards: Path, keys: tuple[tuple[tuple[str, ...], ...],
         set_seed(cfg.trainer.seed + rank)
         rng.append(torch.get_rng_state())
     history = []
-    for step, ranks in enumerate(keys):
-        optimizer.zero_grad(set_to_none=True)
-        for rank, batch_keys in enumerate(ranks):
-            torch.set_rng_state(rng[rank])
-            x = to_float(torch.stack([images[k] for k in batch_keys]))
-            total, _, _ = module(x, x, step)
-            (total / world).backward()
-            rng[rank] = torch.get_rng_state()
-        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip, foreach=True)
-        optimizer.step()
-        covered = ema_schedule.steps_covered(step, cfg.trainer.ema_every)
-        if covered:
-            ema_schedule.update(ema, module.vae, step, covered)
-        history.append({"model": {k: v.clone() for k, v in module.vae.state_dict().items()},
-                        "ema": {k: v.clone() for k, v in ema.module.state_dict().items()}})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each launched rank (OMP_NUM_THREADS=1): oneDNN's sums can depend on the count
+    try:
+        for step, ranks in enumerate(keys):
+            history.append(_reference_step(module, ema, optimizer, params, images, rng, cfg, step, ranks, world))
+    finally:
+        torch.set_num_threads(threads)
     return history
+
+
+def _reference_step(module, ema, optimizer, params, images, rng, cfg, step, ranks, world) -> dict:
+    """One step of the 1-process reference: every rank's half of the global batch, averaged gradients."""
+    from vaeforge.train import ema as ema_schedule
+    from vaeforge.train.builders import to_float
+
+    optimizer.zero_grad(set_to_none=True)
+    for rank, batch_keys in enumerate(ranks):
+        torch.set_rng_state(rng[rank])
+        x = to_float(torch.stack([images[k] for k in batch_keys]))
+        total, _, _ = module(x, x, step)
+        (total / world).backward()
+        rng[rank] = torch.get_rng_state()
+    torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip, foreach=True)
+    optimizer.step()
+    covered = ema_schedule.steps_covered(step, cfg.trainer.ema_every)
+    if covered:
+        ema_schedule.update(ema, module.vae, step, covered)
+    return {"model": {k: v.clone() for k, v in module.vae.state_dict().items()},
+            "ema": {k: v.clone() for k, v in ema.module.state_dict().items()}}
 
 
 def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

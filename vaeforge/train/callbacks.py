@@ -154,7 +154,7 @@ class TrainLog(Callback):
         m.histogram("latent/mu", result.out.mu, s.step)
         m.histogram("latent/logvar", result.out.logvar, s.step)
         m.histogram("latent/kl_per_dim", kl_dims.mean(0), s.step)
-        m.progress(s.step, {"loss": f"{values['train/loss']:.4g}", "img/s": f"{values['perf/images_per_sec']:.0f}"})
+        m.progress(s.step, s.train_seconds, {"loss": f"{values['train/loss']:.4g}", "img/s": f"{values['perf/images_per_sec']:.0f}"})
         self.window_start, self.images, self.wait = time.monotonic(), 0, 0.0
 
     @staticmethod

@@ -13,13 +13,16 @@ from ..runs.layout import TB_DIR
 
 
 class Monitor:
-    """TensorBoard writer plus tqdm bar; every method is a no-op on ranks other than 0."""
+    """TensorBoard writer plus tqdm bar; every method is a no-op on ranks other than 0.
 
-    def __init__(self, run_dir: Path, enabled: bool, total_steps: int, start_step: int, progress: bool) -> None:
-        self.enabled = enabled
+    The bar counts what ends the run: optimizer steps up to ``max_steps``, or, with a time budget, training
+    seconds up to the budget (so its total and ETA are the budget's, not a nominal step count's)."""
+
+    def __init__(self, run_dir: Path, enabled: bool, max_steps: int, budget: float | None, progress: bool) -> None:
+        self.enabled, self.budget = enabled, budget
         self.writer = SummaryWriter(str(run_dir / TB_DIR)) if enabled else None
-        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True,
-                        disable=not (enabled and progress))
+        total, unit = (max_steps, "step") if budget is None else (round(budget), "s")
+        self.bar = tqdm(total=total, desc="train", unit=unit, dynamic_ncols=True, disable=not (enabled and progress))
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer:
@@ -35,8 +38,13 @@ class Monitor:
         if self.writer:
             self.writer.add_image(tag, make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow), step)
 
-    def progress(self, step: int, postfix: dict[str, str]) -> None:
-        self.bar.n = step
+    def progress(self, step: int, seconds: float, postfix: dict[str, str]) -> None:
+        """Where training stands: ``step`` optimizer steps after ``seconds`` of training."""
+        if self.budget is None:
+            self.bar.n = step
+        else:
+            self.bar.n = min(round(seconds), self.bar.total)
+            postfix = {"step": str(step), **postfix}
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.refresh()
 

@@ -192,16 +192,19 @@ class Trainer:
     def fit(self) -> ckpt.TrainerState:
         """Train; returns the final state. Ends with a checkpoint, so ``resume=true`` always continues."""
         t = self.opts.trainer
-        self.monitor = Monitor(self.run_dir, self.acc.is_main_process, t.max_steps, 0, t.progress)
+        self.monitor = Monitor(self.run_dir, self.acc.is_main_process, t.max_steps, t.time_budget, t.progress)
         warning = dist.precision_warning(self.acc.mixed_precision)
         if warning:
             self.monitor.write(f"warning: {warning}")
         self._resume_or_start()
-        self.monitor.progress(self.state.step, {})
+        self.monitor.progress(self.state.step, self.state.train_seconds, {})
         if t.retain_freed_memory:
             retain_freed_memory()
         self.callbacks.on_train_start(self)
-        if t.time_budget is None or self.state.train_seconds < t.time_budget:  # else: a used-up budget
+        if t.time_budget is not None and self.state.train_seconds >= t.time_budget:
+            self.monitor.write(f"trainer.time_budget={t.time_budget:g} s is used up ({self.state.train_seconds:.0f} s "
+                               "trained): nothing to train; pass a larger trainer.time_budget to continue")
+        else:
             with _sigterm_stops(self), frozen_heap():
                 self._loop()
         self.save()
