@@ -47,7 +47,17 @@ def user_errors_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*a, **kw)
         except VaeforgeError as exc:
-            print(f"vaeforge: error: {exc}", file=sys.stderr)
+            print(f"vaeforge: error: {one_line(exc)}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper
+
+
+def one_line(exc: BaseException) -> str:
+    """The error's own message. An error raised in a DataLoader worker arrives re-raised with the worker's
+    traceback as its message: its last line ("module.Class: message") holds the message."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return last.split(": ", 1)[1] if f"{type(exc).__name__}: " in last else last

@@ -170,6 +170,15 @@ def train_loader(spec: StreamSpec, num_workers: int) -> DataLoader:
     )
 
 
+def worker_death(exc: BaseException) -> DataError | None:
+    """A DataError for a loader worker process that died (killed, out of memory), which PyTorch reports as a
+    RuntimeError from its SIGCHLD handler wherever the main process is; None for any other error."""
+    if not isinstance(exc, RuntimeError) or "DataLoader worker" not in str(exc):
+        return None
+    return DataError(f"a data loader worker process died ({str(exc).splitlines()[0].strip()}): out of memory? "
+                     "lower data.num_workers or data.shuffle_buffer")
+
+
 def eval_batches(shards: list[str], batch_size: int, rank: int, world: int, image_size: int | None = None,
                  on_error: str = "raise") -> Iterator[dict]:
     """The split's samples in file order, this rank's shards only (for validation and tasks)."""

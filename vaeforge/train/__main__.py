@@ -44,17 +44,30 @@ def check_plugins(cfg) -> None:
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
     cfg = resolve_config(sys.argv[1:] if argv is None else argv)
+    from ..data.stream import worker_death
+    from .distributed import peer_failed
     from .trainer import Trainer  # heavy imports only once the config is known to be valid
 
     trainer = Trainer(cfg)
     try:
         state = trainer.fit()
-        trainer.monitor.write(
-            f"done: step {state.step}, run folder {cfg.run_dir}\n"
-            f"  TensorBoard: tensorboard --logdir {Path(cfg.run_dir) / TB_DIR} --host 127.0.0.1"
-        )
-    finally:
-        trainer.close()
+    except RuntimeError as exc:
+        trainer.abort()
+        if peer_failed(exc, trainer.world):
+            print(f"vaeforge: rank {trainer.rank} stops: another rank failed (its error is above)", file=sys.stderr)
+            raise SystemExit(1) from None
+        death = worker_death(exc)
+        if death is None:
+            raise
+        raise death from None
+    except BaseException:
+        trainer.abort()  # no barrier: the other ranks may wait in a collective this one will never join
+        raise
+    trainer.close()
+    trainer.monitor.write(
+        f"done: step {state.step}, run folder {cfg.run_dir}\n"
+        f"  TensorBoard: tensorboard --logdir {Path(cfg.run_dir) / TB_DIR} --host 127.0.0.1"
+    )
 
 
 if __name__ == "__main__":

@@ -267,12 +267,24 @@ class Trainer:
         self.callbacks.on_save(self)
 
     def close(self) -> None:
+        """End a finished run: every rank meets, the process group is torn down (collective)."""
         self.acc.wait_for_everyone()
         self.acc.end_training()
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+        self._release()
+
+    def abort(self) -> None:
+        """End a failed run on this rank without waiting for the others: its exit makes the launcher stop them
+        (a barrier here would wait for ranks that sit in a collective this one never joins)."""
+        if hasattr(self, "monitor"):
+            self.monitor.close()
+        self._release()
+
+    def _release(self) -> None:
         if self._lock is not None:
             self._lock.close()
+            self._lock = None
 
 
 @contextlib.contextmanager
