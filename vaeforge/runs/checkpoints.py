@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ PREFIX = "step_"
 TMP = ".tmp"
 DEEPSPEED = "deepspeed"  # DeepSpeed's sharded model/optimizer states (tag and sub-folder)
 DEEPSPEED_INFO = "deepspeed.json"
+STEP_DIR = re.compile(rf"^{PREFIX}(\d{{8}})$")
 
 
 @dataclass
@@ -65,13 +67,47 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
+def scan(run_dir: Path) -> tuple[list[Path], list[str]]:
+    """The complete checkpoints of a run, oldest first, and why each other entry of ``checkpoints/`` is ignored.
+
+    A checkpoint counts when its folder is named ``step_<8 digits>``, holds ``model.safetensors`` and a readable
+    ``state.json`` whose step is the folder's: a folder copied to another name or a stale ``state.json`` is not
+    taken for the newest (and is never rotated away). ``.tmp`` folders are half-written ones (see
+    :func:`remove_partial`)."""
     root = run_dir / CHECKPOINTS
     if not root.is_dir():
-        return []
-    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and not p.name.endswith(TMP)]
-    return sorted(done, key=lambda p: int(p.name[len(PREFIX) :]))
+        return [], []
+    done, ignored = [], []
+    for path in sorted(root.iterdir()):
+        if path.name.endswith(TMP):
+            continue
+        reason = _not_a_checkpoint(path)
+        if reason:
+            ignored.append(f"{path.name} ({reason})")
+        else:
+            done.append(path)
+    return sorted(done, key=lambda p: int(p.name[len(PREFIX):])), ignored
+
+
+def _not_a_checkpoint(path: Path) -> str:
+    """Why ``path`` is not a complete checkpoint ("" when it is one)."""
+    match = STEP_DIR.match(path.name)
+    if not path.is_dir() or match is None:
+        return f"not a folder named {PREFIX}<8 digits>"
+    if not (path / "model.safetensors").is_file():
+        return "no model.safetensors"
+    try:
+        step = json.loads((path / "state.json").read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no readable state.json"
+    if step != int(match.group(1)):
+        return f"its state.json says step {step}"
+    return ""
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (see :func:`scan`)."""
+    return scan(run_dir)[0]
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -134,7 +134,9 @@ class Trainer:
         }
 
     def _resume_or_start(self) -> None:
-        latest = self.checkpoints.latest()
+        latest, ignored = self.checkpoints.latest(), ckpt.scan(self.run_dir)[1]
+        if ignored:
+            self.monitor.write(f"warning: ignored in {self.run_dir / ckpt.CHECKPOINTS}: {'; '.join(ignored)}")
         setup = self._describe_run()
         if self.acc.is_main_process:
             ckpt.remove_partial(self.run_dir)
