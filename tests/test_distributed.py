@@ -231,7 +231,7 @@ def test_resolve_precision():
     assert resolve_precision("auto", launched("no")) == ("bf16" if native_bf16() else "no")
     assert resolve_precision("auto", launched("fp16")) == "fp16"  # the launcher decides what auto means
     assert [resolve_precision(p, launched("no")) for p in ("no", "bf16", "fp16")] == ["no", "bf16", "fp16"]
-    with pytest.raises(ConfigError, match=r"one of \('auto', 'no', 'bf16', 'fp16'\), got 'fp8'"):
+    with pytest.raises(ConfigError, match=r"unknown trainer.mixed_precision 'fp8' \(valid: auto, bf16, fp16, no; did you mean 'fp16'\?\)"):
         resolve_precision("fp8", launched("no"))
 
 
