@@ -82,6 +82,7 @@ class Trainer:
         o, t = self.opts.optim, self.opts.trainer
         set_seed(t.seed)  # same initial weights on every rank
         module, owned = build_train_module(self.opts, self.image)
+        dist.check_balanced_terms(self.zero_stage, module.losses.balanced_origins())
         self.ema = ModelEmaV3(module.vae, decay=t.ema_decay, use_warmup=True) if t.ema_decay > 0 else None
         optimizer = adamw([p for p in module.parameters() if p.requires_grad], o.lr, o.betas, o.weight_decay)
         self.architecture = ckpt.architecture(module.vae.state_dict())
