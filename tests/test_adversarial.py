@@ -94,7 +94,7 @@ def test_before_start_the_term_is_zero_and_the_discriminator_idle(faces):
 def test_no_gradient_crosses_between_generator_and_discriminator(faces):
     """The model's step (discriminator frozen, as the engine runs it): the generator term reaches the decoder, the
     discriminator gets nothing. The discriminator's objective on the detached output: the model gets nothing."""
-    module, owned = build_with({**ADV, "losses.adv.args.loss": "non_saturating"})
+    module, owned = build_with({**ADV, "losses.adv.args.loss": "non_saturating", "losses.adv.args.disc_norm": "none"})
     disc, term = owned[0].module, module.losses.terms["adv"]
     out = module.vae(faces)
     with frozen(list(disc.parameters())):

@@ -48,7 +48,7 @@ GRAD_EPS = 1e-4  # latent-diffusion's guard of the adaptive weight's denominator
 @dataclass
 class AdversarialConfig:
     loss: str = choice("hinge", LOSSES)  # GAN objective: hinge (taming, latent-diffusion) or non_saturating (softplus)
-    disc_layers: int = at_least(1, 3)  # stride-2 4x4 convs of the PatchGAN discriminator, then a stride-1 one and the head
+    disc_layers: int = at_least(1, 3)  # stride-2 4x4 convs of the discriminator, then one stride-1 conv and the head
     disc_width: int = at_least(1, 64)  # channels of the discriminator's first conv, doubled per layer up to 8x
     disc_norm: str = choice("group", NORMS)  # the discriminator's norm: group (GroupNorm, per image) or none
     disc_lr: float = above(0, 2e-4)  # the discriminator's AdamW learning rate (constant)
