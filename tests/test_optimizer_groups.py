@@ -45,17 +45,21 @@ def critic_module():
         sys.path.remove(str(USER_PLUGINS))
 
 
-def build(critic_module):
+def build_with(overrides: dict):
+    """A tiny lfw_mlp train module (model + loss terms) and its owned modules, with ``overrides``."""
     from omegaconf import OmegaConf
 
     from vaeforge.config import load_config
     from vaeforge.models.vae import ImageSpec
     from vaeforge.train.builders import build_train_module
 
-    cfg = load_config({"recipe": "lfw_mlp", "model.latent_dim": 8, "model.backbone.args.hidden": [16],
-                       "losses.critic.name": "owned_critic", "losses.critic.weight": 0.5})
+    cfg = load_config({"recipe": "lfw_mlp", "model.latent_dim": 8, "model.backbone.args.hidden": [16], **overrides})
     torch.manual_seed(0)
     return build_train_module(OmegaConf.to_object(cfg), ImageSpec(64))
+
+
+def build(critic_module):
+    return build_with({"losses.critic.name": "owned_critic", "losses.critic.weight": 0.5})
 
 
 def test_owned_module_is_outside_the_model_and_gets_no_model_gradient(critic_module):

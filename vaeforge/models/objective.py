@@ -56,7 +56,14 @@ class LossTerm(nn.Module):
 
     ``forward(out, target, step)`` gets the model output, the clean target images in [0, 1] and the
     optimizer step (for schedules), and returns a :class:`LossValue`. Document the reduction you use.
+
+    A term that sets ``balanced = True`` (class or instance attribute, fixed once built) is called after all
+    the others as ``forward(out, target, step, reference=...)``, ``reference`` being the weighted sum of the
+    terms that are not balanced (a 0-dim tensor in the model's graph): it may scale itself against them, e.g. by
+    the ratio of their gradient norms at ``out.last_layer`` (an adversarial term's adaptive weight).
     """
+
+    balanced: bool = False
 
     def forward(self, out: VAEOutput, target: torch.Tensor, step: int) -> LossValue:  # pragma: no cover
         raise NotImplementedError
@@ -115,16 +122,35 @@ class LossSet(nn.Module):
     def forward(
         self, out: VAEOutput, target: torch.Tensor, step: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        total = torch.zeros((), device=target.device)
+        """The weighted sum of all terms and the logs; balanced terms come last and get the others' sum."""
         logs: dict[str, torch.Tensor] = {}
-        for term, module in self.terms.items():
-            result = checked_value(module(out, target, step), term, self.origins[term])
+        balanced = self.balanced
+        reference = self._weighted_sum([t for t in self.terms if t not in balanced], out, target, step, logs, {})
+        if not balanced:
+            return reference, logs
+        return reference + self._weighted_sum(balanced, out, target, step, logs, {"reference": reference}), logs
+
+    @property
+    def balanced(self) -> list[str]:
+        """The terms that balance themselves against the others (:attr:`LossTerm.balanced`)."""
+        return [term for term, module in self.terms.items() if module.balanced]
+
+    def _weighted_sum(self, terms: list[str], out: VAEOutput, target: torch.Tensor, step: int,
+                      logs: dict[str, torch.Tensor], kwargs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Sum of ``terms``' weighted values; each weighted value and extra goes into ``logs``."""
+        total = torch.zeros((), device=target.device)
+        for term in terms:
+            result = checked_value(self.terms[term](out, target, step, **kwargs), term, self.origins[term])
             weighted = self.weights[term] * result.value.float()
             total = total + weighted
             logs[term] = weighted.detach()
             for key, value in result.logs.items():
                 logs[f"{term}/{key}"] = torch.as_tensor(value).detach()
-        return total, logs
+        return total
+
+    def balanced_origins(self) -> list[str]:
+        """The balanced terms, each with its plugin, for error messages."""
+        return [f"'{term}' ({self.origins[term]})" for term in self.balanced]
 
     def nonfinite_terms(self, logs: dict[str, torch.Tensor]) -> list[str]:
         """The terms whose weighted value in ``logs`` is not finite, each with its plugin."""

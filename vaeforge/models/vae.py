@@ -33,12 +33,17 @@ class BackboneParts:
 
 @dataclass
 class VAEOutput:
-    """One forward pass: decoder logits, posterior parameters and the latent that was decoded."""
+    """One forward pass: decoder logits, posterior parameters and the latent that was decoded.
+
+    ``last_layer`` is the decoder's last weight (its last parameter with ndim >= 2; ``None`` when it has none):
+    a loss term that balances itself against the others by their gradients there (an adversarial term's adaptive
+    weight) differentiates with respect to it."""
 
     logits: torch.Tensor
     mu: torch.Tensor
     logvar: torch.Tensor
     z: torch.Tensor
+    last_layer: torch.Tensor | None = None
 
     @property
     def recon(self) -> torch.Tensor:
@@ -56,6 +61,9 @@ class VAE(nn.Module):
         self.posterior = nn.Linear(parts.feature_dim, 2 * latent_dim)
         self.latent_dim = latent_dim
         self.image = image
+        # by name, not the tensor: a second reference would register the weight twice (and resolving it per
+        # forward follows whatever replaces the parameter: EMA copies, DeepSpeed)
+        self.last_layer_name = last_weight_name(self.decoder)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior ``(mu, logvar)`` of images ``x`` in [0, 1]."""
@@ -72,7 +80,14 @@ class VAE(nn.Module):
     def forward(self, x: torch.Tensor, sample: bool = True) -> VAEOutput:
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
-        return VAEOutput(self.decode_logits(z), mu, logvar, z)
+        last = self.decoder.get_parameter(self.last_layer_name) if self.last_layer_name else None
+        return VAEOutput(self.decode_logits(z), mu, logvar, z, last)
+
+
+def last_weight_name(decoder: nn.Module) -> str:
+    """The name of ``decoder``'s last parameter with ndim >= 2 (its output layer's weight), "" if none."""
+    names = [name for name, p in decoder.named_parameters() if p.dim() >= 2]
+    return names[-1] if names else ""
 
 
 def build_model(model_cfg, image: ImageSpec) -> VAE:

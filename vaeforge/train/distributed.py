@@ -160,6 +160,15 @@ def zero_stage(acc: Accelerator) -> int | None:
     return int(acc.state.deepspeed_plugin.deepspeed_config["zero_optimization"].get("stage", 0))
 
 
+def check_balanced_terms(stage: int | None, balanced: list[str]) -> None:
+    """Refuse balanced loss terms (``balanced``: each named with its plugin) under ZeRO-3: they differentiate
+    with respect to the decoder's last weight, which ZeRO-3 partitions across ranks."""
+    if stage == 3 and balanced:
+        raise ConfigError(f"loss term {balanced[0]} balances itself by gradients at the decoder's last layer, "
+                          "which DeepSpeed ZeRO-3 partitions across ranks: train it with ZeRO-2 or DDP, or turn "
+                          "its balancing off in its args")
+
+
 def fill_deepspeed_config(acc: Accelerator, cfg: DictConfig) -> None:
     """Fill the DeepSpeed config's batch, accumulation and clipping from the recipe; refuse values that differ
     and optimizer/scheduler sections (they come from the recipe's ``optim``)."""

@@ -80,13 +80,14 @@ class OwnedGroup:
     def active(self, step: int) -> bool:
         return self.owned.optim.active(step)
 
-    def backward(self, out: VAEOutput, target: torch.Tensor, step: int) -> torch.Tensor:
-        """Accumulate the gradients of this micro-batch's objective; ``out`` must be detached."""
+    def backward(self, out: VAEOutput, target: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        """Accumulate the gradients of this micro-batch's objective; ``out`` must be detached. Returns the
+        objective (``loss``) and the extras it logs, by name."""
         with self.acc.autocast():
             result = self.owned.loss.owned_loss(self.owned.key, out, target, step)
         value = checked_value(result, self.name, self.origin).value.float()
         (value / self.grad_accum).backward()
-        return value.detach()
+        return {"loss": value.detach(), **{k: torch.as_tensor(v).detach() for k, v in result.logs.items()}}
 
     def step(self) -> tuple[float, bool]:
         """Average gradients over ranks (collective), clip, step unless non-finite; returns (norm, applied)."""

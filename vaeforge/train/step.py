@@ -22,7 +22,7 @@ class StepResult:
     synced: bool
     grad_norm: float = float("nan")
     applied: bool = False
-    owned: dict[str, float] = field(default_factory=dict)  # "<group>/loss", "<group>/grad_norm"
+    owned: dict[str, float] = field(default_factory=dict)  # "<group>/loss", "<group>/grad_norm", "<group>/<extra>"
 
 
 @dataclass
@@ -54,8 +54,9 @@ def train_step(groups: Groups, x_in: torch.Tensor, target: torch.Tensor, step: i
     for group in groups.owned:
         if not group.active(step):
             continue
-        loss = group.backward(cut, target, step)
+        logs = group.backward(cut, target, step)
         if result.synced:
             norm, _ = group.step()
-            result.owned.update({f"{group.name}/loss": float(loss), f"{group.name}/grad_norm": norm})
+            result.owned.update({f"{group.name}/{key}": float(value) for key, value in logs.items()})
+            result.owned[f"{group.name}/grad_norm"] = norm
     return result

@@ -33,7 +33,7 @@ from ..models.objective import LossSet
 from ..runs import checkpoints as ckpt
 from ..runs import folder as run_folder
 from . import distributed as dist
-from .builders import TrainModule, adamw, build_train_module, take_owned, to_float
+from .builders import Owned, TrainModule, adamw, build_train_module, take_owned, to_float
 from .callbacks import Callback, Callbacks, default_callbacks
 from .checkpointing import CheckpointManager
 from .evaluator import EvalData, Evaluator
@@ -82,6 +82,7 @@ class Trainer:
         o, t = self.opts.optim, self.opts.trainer
         set_seed(t.seed)  # same initial weights on every rank
         module, owned = build_train_module(self.opts, self.image)
+        dist.check_balanced_terms(self.zero_stage, module.losses.balanced_origins())
         self.ema = ModelEmaV3(module.vae, decay=t.ema_decay, use_warmup=True) if t.ema_decay > 0 else None
         optimizer = adamw([p for p in module.parameters() if p.requires_grad], o.lr, o.betas, o.weight_decay)
         self.architecture = ckpt.architecture(module.vae.state_dict())
@@ -101,6 +102,7 @@ class Trainer:
         data = EvalData(shard_paths(d.shards, self.manifest, "val"), self.image.size, d.val_batch_size,
                         d.val_max_batches, d.on_error, t.seed, self.inputs)
         self._eval_copy: TrainModule | None = None
+        self._eval_owned: list[Owned] = []  # the copy's owned modules, in self.groups.owned's order
         self.evaluator = Evaluator(self.acc, self.live, self.ema, data,
                                    self._whole_copy if self.zero_stage is not None else None)
 
@@ -153,15 +155,18 @@ class Trainer:
         self.monitor.write(f"resumed from {latest} (step {self.state.step}, epoch {self.state.epoch})")
 
     def _whole_copy(self) -> TrainModule:
-        """A plain module holding the current whole fp32 weights (DeepSpeed; collective)."""
+        """A plain module holding the current whole fp32 weights, owned modules included (DeepSpeed;
+        collective)."""
         state = self.checkpoints.full_state()
         if self._eval_copy is None:
             with torch.random.fork_rng(devices=[]):  # building must not move the training RNG
                 losses = LossSet(self.opts.losses)
-                take_owned(losses)
+                self._eval_owned = take_owned(losses)
                 self._eval_copy = TrainModule(build_model(self.opts.model, self.image), losses)
             self._eval_copy.to(self.acc.device)
         self._eval_copy.load_state_dict(state)
+        for copy, group in zip(self._eval_owned, self.groups.owned):  # outside the model's state: copied apart
+            copy.module.to(self.acc.device).load_state_dict(group.owned.module.state_dict())
         return self._eval_copy
 
     # ----- the loop ----------------------------------------------------------------------------------------
