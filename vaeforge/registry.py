@@ -16,7 +16,7 @@ from typing import Any
 from .errors import ConfigError, did_you_mean
 
 ENTRY_POINT_GROUP = "vaeforge.plugins"
-KINDS = ("backbone", "loss", "task")
+KINDS = ("backbone", "loss", "task", "prior")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from ..runs.layout import TASKS_DIR
 from .context import TaskContext
 
 COMMON = {"task": None, "run_dir": None, "input": None, "output": None, "seed": 0, "checkpoint": None,
-          "weights": "ema", "device": "cpu", "limit": 0}
+          "weights": "ema", "device": "cpu", "limit": 0, "plugins": []}
 SUMMARY = "summary.json"
 
 
@@ -29,6 +29,8 @@ def run_task(args: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"no task given: pass task=NAME ({did_you_mean('', REGISTRY.names('task'))})")
     if not common["run_dir"]:
         raise ConfigError("no run given: pass run_dir=<a training run folder>")
+    modules = common["plugins"] or []  # user plugin modules not declared as entry points: plugins=[a,b] or plugins=a
+    REGISTRY.import_modules([modules] if isinstance(modules, str) else list(modules))
     plugin = REGISTRY.get("task", str(common["task"]))
     model = load(common["run_dir"], common["checkpoint"], common["weights"], common["device"])
     options = {k: v for k, v in args.items() if k not in COMMON}
