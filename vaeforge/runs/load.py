@@ -55,6 +55,7 @@ class LoadedVAE:
         self.vae = vae.eval()
         self.run_dir, self.config, self.manifest = run_dir, config, manifest
         self.checkpoint, self.weights = checkpoint, weights
+        self._means: dict[tuple[str, int], torch.Tensor] = {}  # posterior means by (split, limit)
 
     @property
     def latent_dim(self) -> int:
@@ -92,10 +93,12 @@ class LoadedVAE:
     @torch.no_grad()
     def posterior_means(self, split: str, limit: int = 0) -> torch.Tensor:
         """Posterior means ``[N, latent_dim]`` of the first ``limit`` images (0: all) of a split of the run's
-        dataset, in file order, on the CPU."""
-        mus = [self.encode(torch.stack([s.image for s in group]))[0].cpu()
-               for group in chunks(iter_split(self.config.data.shards, split, limit), CHUNK)]
-        return torch.cat(mus) if mus else torch.empty(0, self.latent_dim)
+        dataset, in file order, on the CPU; kept, so that fitting several priors encodes the split once."""
+        if (split, limit) not in self._means:
+            mus = [self.encode(torch.stack([s.image for s in group]))[0].cpu()
+                   for group in chunks(iter_split(self.config.data.shards, split, limit), CHUNK)]
+            self._means[split, limit] = torch.cat(mus) if mus else torch.empty(0, self.latent_dim)
+        return self._means[split, limit].clone()
 
     def sampler(self, name: str = DEFAULT_SAMPLER, prior_args: dict[str, Any] | None = None, train_limit: int = 0,
                 progress: bool = True) -> StandardNormal | FittedPrior:

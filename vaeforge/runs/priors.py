@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 PRIORS_DIR = "priors"
 STANDARD_NORMAL = "prior"  # the sampler name of N(0, I)
-DEFAULT_SAMPLER = STANDARD_NORMAL
+DEFAULT_SAMPLER = "flow"  # lowest sample distance at temperature 1 in docs/benchmarks.md (learned latent priors)
 
 
 class StandardNormal:
@@ -73,8 +73,10 @@ def run_sampler(model: LoadedVAE, name: str, args: dict[str, Any] | None = None,
         if saved.source == source and saved.options == options:
             saved.reused = True
             return saved
-    print(f"prior {name}: encoding the training images", file=sys.stderr, flush=True)
-    prior = fit_prior(name, args, model.posterior_means(TRAIN, train_limit), source, progress)
+    latents = model.posterior_means(TRAIN, train_limit)
+    print(f"prior {name}: fitting on the posterior means of {len(latents)} training images", file=sys.stderr,
+          flush=True)
+    prior = fit_prior(name, args, latents, source, progress)
     prior.save(path)
     print(f"prior {name}: fitted on {prior.count} latents in {prior.fit_seconds} s, saved to {path}",
           file=sys.stderr, flush=True)

@@ -19,7 +19,7 @@ from vaeforge.api import ConfigError, FitProgress, LatentPrior, Standardizer, re
 
 @dataclass
 class FlowMatchingConfig:
-    hidden: int = 512  # width of the velocity MLP
+    hidden: int = 256  # width of the velocity MLP
     blocks: int = 3  # residual blocks of the velocity MLP
     steps: int = 5000  # Adam steps of training (cosine learning-rate decay)
     batch_size: int = 256  # latents per training step
