@@ -40,7 +40,7 @@ import vaeforge
 from vaeforge.config import available_recipes
 from vaeforge.data.stream import eval_batches
 from vaeforge.data.manifest import read_manifest, shard_paths
-from vaeforge.models.latent_mixture import LatentMixture
+from vaeforge.models.prior import fit_prior
 from vaeforge.metrics import frechet_distance, psnr, ssim
 from vaeforge.models.lpips import LPIPS
 from vaeforge.runs import checkpoints as ckpt
@@ -261,7 +261,7 @@ def evaluate(model: Trained, val: torch.Tensor, train: torch.Tensor, lpips: LPIP
 
     mu = torch.cat([model.encode_mean(to_unit(chunk)) for chunk in train.split(EVAL_BATCH)])
     prior = torch.randn(samples, mu.shape[1], generator=torch.Generator().manual_seed(0))  # the model's latent size
-    mixture = LatentMixture.fit(mu, GMM_COMPONENTS, "full", seed=0)
+    mixture = fit_prior("gmm", {"components": GMM_COMPONENTS, "covariance": "full"}, mu, progress=False)
     return {"psnr": float(psnr(recon, x).mean()), "ssim": float(ssim(recon, x).mean()),
             "lpips_alex": float(distance.mean()), "fd_conv5": sample_distance(prior),
             "fd_conv5_gmm": sample_distance(mixture.sample(samples, torch.Generator().manual_seed(0)))}

@@ -1,9 +1,10 @@
-"""The ex-post density sampler: a Gaussian mixture fitted on training posterior means (vaeforge.models.latent_mixture),
-in the sample task (sampler=gmm) and in evaluate (fd_alexnet_gmm)."""
+"""The ex-post density sampler: a Gaussian mixture fitted on training posterior means (the ``gmm`` prior plugin), in the
+sample task (sampler=gmm) and in evaluate (fd_alexnet_gmm)."""
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from safetensors.torch import save_file
 from helpers import PY, env, run
 from test_tasks import task, trained  # noqa: F401  (the module's tiny run trained on real LFW shards)
 from vaeforge.errors import ConfigError, DataError
-from vaeforge.models.latent_mixture import LatentMixture
+from vaeforge.models.prior import FittedPrior, fit_prior, load_prior
 
 MEANS = torch.tensor([[-4.0, 0.0, 1.0], [3.0, 2.0, -1.0]])
 WEIGHTS = torch.tensor([0.3, 0.7])
@@ -27,14 +28,19 @@ def two_blobs(n: int = 3000, seed: int = 0) -> torch.Tensor:
     return MEANS[k] + scale[k] * torch.randn(n, 3, generator=g)
 
 
+def gmm(latents: torch.Tensor, components: int, covariance: str = "full", source: str = "") -> FittedPrior:
+    return fit_prior("gmm", {"components": components, "covariance": covariance}, latents, source, progress=False)
+
+
 @pytest.fixture(scope="module")
-def mixture() -> LatentMixture:
-    return LatentMixture.fit(two_blobs(), 2, "full", source="synthetic")
+def mixture() -> FittedPrior:
+    return gmm(two_blobs(), 2, "full", source="synthetic")
 
 
 @pytest.mark.parametrize("covariance", ["full", "diag"])
 def test_fit_recovers_a_known_mixture(covariance):
-    m = LatentMixture.fit(two_blobs(), 2, covariance)
+    fitted = gmm(two_blobs(), 2, covariance)
+    m = fitted.module
     order = m.means[:, 0].argsort()
     assert torch.allclose(m.means[order], MEANS, atol=0.1), m.means
     assert torch.allclose(m.weights[order], WEIGHTS, atol=0.03)
@@ -42,7 +48,7 @@ def test_fit_recovers_a_known_mixture(covariance):
     cov = m.scale_tril @ m.scale_tril.transpose(1, 2)
     assert torch.allclose(cov[order].diagonal(dim1=1, dim2=2), torch.tensor([[0.25] * 3, [1.0, 0.25, 0.25]]),
                           atol=0.06)
-    assert torch.equal(m.scale_tril, m.scale_tril.tril()) and m.count == 3000
+    assert torch.equal(m.scale_tril, m.scale_tril.tril()) and fitted.count == 3000
     if covariance == "diag":
         assert torch.equal(m.scale_tril, torch.diag_embed(m.scale_tril.diagonal(dim1=1, dim2=2)))
 
@@ -54,16 +60,16 @@ def test_sampling_is_seeded_and_follows_the_mixture(mixture):
     assert a.shape == (5000, 3) and torch.equal(a, b) and not torch.equal(a, c)
     assert torch.allclose(a.mean(0), WEIGHTS @ MEANS, atol=0.1)
     cold = mixture.sample(50, torch.Generator().manual_seed(1), temperature=0.0)  # only the component means
-    assert (cold[:, None] - mixture.means[None]).abs().amax(-1).amin(1).max() < 1e-6
+    assert (cold[:, None] - mixture.module.means[None]).abs().amax(-1).amin(1).max() < 1e-6
 
 
 def test_save_load_round_trip(mixture, tmp_path):
-    path = tmp_path / "samplers" / "gmm_full_2.safetensors"
+    path = tmp_path / "priors" / "gmm.safetensors"
     mixture.save(path)
-    back = LatentMixture.load(path)
-    assert back.source == "synthetic" and back.count == mixture.count == 3000
+    back = load_prior(path)
+    assert back.source == "synthetic" and back.count == mixture.count == 3000 and back.options == mixture.options
     for name in ("weights", "means", "scale_tril"):
-        assert torch.equal(getattr(back, name), getattr(mixture, name))
+        assert torch.equal(getattr(back.module, name), getattr(mixture.module, name))
     g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     assert torch.equal(back.sample(10, g()), mixture.sample(10, g()))
 
@@ -76,7 +82,7 @@ def test_damaged_or_foreign_file_is_a_data_error_naming_it(mixture, tmp_path):
     save_file({"direction": torch.zeros(16)}, str(foreign))
     for path in (damaged, foreign, tmp_path / "missing.safetensors"):
         with pytest.raises(DataError, match=str(path.name)):
-            LatentMixture.load(path)
+            load_prior(path)
 
 
 @pytest.mark.parametrize("components, covariance, expected", [
@@ -86,34 +92,39 @@ def test_damaged_or_foreign_file_is_a_data_error_naming_it(mixture, tmp_path):
 ])
 def test_bad_options_are_config_errors(components, covariance, expected):
     with pytest.raises(ConfigError) as err:
-        LatentMixture.fit(torch.randn(10, 3), components, covariance)
+        gmm(torch.randn(10, 3), components, covariance)
     assert expected in str(err.value)
 
 
 def test_sample_task_fits_saves_and_reuses_the_mixture(trained, tmp_path):  # noqa: F811
     first, second = tmp_path / "a", tmp_path / "b"
-    args = ["task=sample", f"run_dir={trained}", "sampler=gmm", "components=4", "train_limit=200", "n=8",
+    args = ["task=sample", f"run_dir={trained}", "sampler=gmm", "prior_args.components=4", "train_limit=200", "n=8",
             "grid_columns=4", "seed=5"]
     task(*args, f"output={first}")
     s = json.loads((first / "summary.json").read_text())
-    saved = trained / "samplers" / "gmm_full_4.safetensors"
-    assert s["sampler"] == "gmm" and s["components"] == 4 and s["reused"] is False and s["train_images"] == 200
-    assert s["mixture"] == str(saved) and saved.is_file()
-    m = LatentMixture.load(saved)
-    assert m.means.shape == (4, 16) and m.count == 200 and "train_limit=200" in m.source
+    assert s["sampler"] == "gmm" and s["prior_options"] == {"components": 4, "covariance": "full"}
+    assert s["reused"] is False and s["train_images"] == 200
+    saved = Path(s["prior_file"])
+    assert saved.parent == trained / "priors" and saved.name.startswith("gmm_") and saved.is_file()
+    m = load_prior(saved)
+    assert m.module.means.shape == (4, 16) and m.count == 200 and "train_limit=200" in m.source
     assert Image.open(first / "grid.png").size == (4 * 66 + 2, 2 * 66 + 2)
     task(*args, f"output={second}")
     assert json.loads((second / "summary.json").read_text())["reused"] is True
     assert (first / "grid.png").read_bytes() == (second / "grid.png").read_bytes()
-    task("task=sample", f"run_dir={trained}", "n=8", "grid_columns=4", "seed=5", f"output={tmp_path / 'prior'}")
+    task("task=sample", f"run_dir={trained}", "n=8", "grid_columns=4", "seed=5", "sampler=prior",
+         f"output={tmp_path / 'prior'}")
     assert json.loads((tmp_path / "prior" / "summary.json").read_text())["sampler"] == "prior"
     assert (tmp_path / "prior" / "grid.png").read_bytes() != (first / "grid.png").read_bytes()
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["sampler=gm"], "unknown sampler 'gm' (valid: gmm, prior; did you mean 'gmm'?)"),
-    (["sampler=gmm", "covariance=diagonal"], "unknown covariance 'diagonal' (valid: diag, full"),
-    (["sampler=gmm", "components=0"], "components must be at least 1"),
+    (["sampler=gm"], "unknown sampler 'gm' (valid: flow, flow_matching, gmm, prior; did you mean 'gmm'?)"),
+    (["sampler=gmm", "prior_args.covariance=diagonal"], "unknown covariance 'diagonal' (valid: diag, full"),
+    (["sampler=gmm", "prior_args.components=0"], "components must be at least 1"),
+    (["sampler=gmm", "prior_args.component=3"], "unknown key 'component' in prior 'gmm' (at top level: valid: "
+                                                "components, covariance; did you mean 'components'?)"),
+    (["sampler=prior", "prior_args.components=3"], "sampler 'prior' (N(0, I)) takes no prior_args"),
 ])
 def test_bad_sampler_options_are_one_clear_line(trained, args, expected):  # noqa: F811
     proc = task("task=sample", f"run_dir={trained}", *args, check=False)
@@ -123,9 +134,10 @@ def test_bad_sampler_options_are_one_clear_line(trained, args, expected):  # noq
 def test_evaluate_reports_the_mixture_samples_distance(trained, shared_dir, tmp_path):  # noqa: F811
     out = tmp_path / "eval"
     run([PY, "-m", "vaeforge.run", "task=evaluate", f"run_dir={trained}", "limit=64", "samples=64",
-         "gmm_components=3", "gmm_train_limit=200", f"output={out}"],
+         "samplers=[prior,gmm]", "prior_args.gmm.components=3", "prior_train_limit=200", f"output={out}"],
         env=env(VAEFORGE_LPIPS_WEIGHTS=str(shared_dir / "weights")))
     s = json.loads((out / "summary.json").read_text())
-    assert s["gmm_components"] == 3 and math.isfinite(s["fd_alexnet_gmm"]) and s["fd_alexnet_gmm"] > 0
+    assert s["samplers"]["gmm"]["prior_options"]["components"] == 3
+    assert math.isfinite(s["fd_alexnet_gmm"]) and s["fd_alexnet_gmm"] > 0 and "fd_alexnet_flow" not in s
     assert math.isfinite(s["fd_alexnet"]) and s["fd_alexnet"] > 0 and s["fd_alexnet"] != s["fd_alexnet_gmm"]
-    assert (trained / "samplers" / "gmm_full_3.safetensors").is_file()
+    assert Path(s["samplers"]["gmm"]["prior_file"]).is_file() and (out / "samples_gmm.png").is_file()

@@ -140,13 +140,13 @@ def test_edit_saves_the_direction_and_reuses_it(trained, faces, tmp_path):
 def test_evaluate_metrics_and_happiness_edit(trained, lpips_env, tmp_path):
     out = tmp_path / "eval"
     task("task=evaluate", f"run_dir={trained}", "samples=200", "attribute=happiness", "edit_faces=neutral",
-         "alphas=[0,2,4]", "train_limit=800", f"output={out}", env=lpips_env)
+         "alphas=[0,2,4]", "train_limit=800", "samplers=[prior,gmm]", f"output={out}", env=lpips_env)
     s = summary(out)
     assert s["split"] == "val" and s["images"] > 400 and s["files"] == 1 and (out / "samples.png").is_file()
     assert 15 < s["psnr"] < 40 and 0 < s["ssim"] < 1 and 0 < s["lpips"] < 1 and s["fd_alexnet"] > 0
     assert s["kl"] > 0 and 0 < s["active_units"] <= s["latent_dim"] == 32
     assert s["fid"] is None and "no InceptionV3 weights" in s["fid_note"]
-    assert s["gmm_components"] == 10 and 0 < s["fd_alexnet_gmm"] < float("inf")  # the mixture sampler's distance
+    assert 0 < s["fd_alexnet_gmm"] < float("inf") and s["samplers"]["gmm"]["prior_options"]["components"] == 10
     edit = s["edit"]
     assert edit["faces"] == "neutral" and edit["n"] == 64 and edit["classifier"]["train_images"] == 800
     assert edit["classifier"]["val_accuracy_photos"] > 0.6  # happiness vs the rest, about 40% positives

@@ -11,6 +11,9 @@ the ``vaeforge.plugins`` group (or listed in a recipe's ``plugins``)::
 
     @register_task("sample", config=SampleConfig)
     def sample(ctx: TaskContext, cfg: SampleConfig) -> dict: ...   # returns the JSON summary
+
+    @register_prior("flow", config=FlowConfig)
+    class Flow(LatentPrior): ...     # constructed as Flow(cfg, shape); fit(latents, generator, progress), sample(...)
 """
 from __future__ import annotations
 
@@ -23,11 +26,12 @@ from .data.corrupt import describe as describe_corruption
 from .data.corrupt import parse_spec as parse_corruption
 from .config.fields import above, at_least, between, choice
 from .errors import CheckpointError, ConfigError, DataError, PluginError, did_you_mean, unknown_choice
-from .models.latent_mixture import LatentMixture
 from .models.objective import LossTerm, LossValue, OwnedModule, OwnedOptim
 from .metrics import active_units, frechet_distance, kl_per_dim, psnr, ssim
 from .models.vae import BackboneParts, ImageSpec, VAEOutput
 from .models.lpips import LPIPS, find_lpips_weights
+from .models.prior import FitProgress, FittedPrior, LatentPrior, Standardizer, standard_normal_log_prob
+from .runs.priors import DEFAULT_SAMPLER, STANDARD_NORMAL, check_sampler, sampler_names
 from .registry import REGISTRY
 from .tasks.context import TRAIN, VAL, TaskContext
 
@@ -47,10 +51,18 @@ def register_task(name: str, config: type | None = None, replace: bool = False) 
     return REGISTRY.register("task", name, config, replace)
 
 
+def register_prior(name: str, config: type | None = None, replace: bool = False) -> Callable[[Any], Any]:
+    """Register a :class:`LatentPrior` subclass, constructed as ``Prior(cfg, shape)``, usable as
+    ``sample sampler=NAME`` and scored by ``evaluate samplers=[..., NAME]``."""
+    return REGISTRY.register("prior", name, config, replace)
+
+
 __all__ = [
-    "AttributeClassifier", "AttributeVector", "CheckpointError", "LatentMixture", "TRAIN", "VAL", "active_units", "corrupt",
+    "AttributeClassifier", "AttributeVector", "CheckpointError", "TRAIN", "VAL", "active_units", "corrupt",
     "describe_corruption", "did_you_mean", "frechet_distance", "has_attribute", "parse_corruption", "ssim",
     "BackboneParts", "ConfigError", "DataError", "ImageSpec", "LPIPS", "LossTerm", "LossValue", "OwnedModule",
     "OwnedOptim", "PluginError", "TaskContext", "above", "at_least", "between", "choice", "unknown_choice",
     "VAEOutput", "find_lpips_weights", "kl_per_dim", "psnr", "register_backbone", "register_loss", "register_task",
+    "DEFAULT_SAMPLER", "STANDARD_NORMAL", "FitProgress", "FittedPrior", "LatentPrior", "Standardizer",
+    "check_sampler", "register_prior", "sampler_names", "standard_normal_log_prob",
 ]

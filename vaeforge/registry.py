@@ -18,7 +18,7 @@ from .errors import ConfigError, PluginError, did_you_mean
 
 ENTRY_POINT_GROUP = "vaeforge.plugins"
 BUILTIN_DIST = "vaeforge"  # the distribution whose plugins are the built-in ones
-KINDS = ("backbone", "loss", "task")
+KINDS = ("backbone", "loss", "task", "prior")
 
 
 @dataclass(frozen=True)

@@ -148,8 +148,11 @@ def load_config(args: dict[str, Any], saved: Path | None = None) -> DictConfig:
 
 
 def validate_plugin_args(config_cls: type | None, args: Any, where: str) -> Any:
-    """Plugin arguments checked against the plugin's own config dataclass; returns an instance of it."""
+    """Plugin arguments checked against the plugin's own config dataclass; returns an instance of it. Dotted keys
+    (``prior_args.components=4`` on a command line) set nested options."""
     args = OmegaConf.to_container(args) if isinstance(args, DictConfig) else dict(args or {})
+    if any("." in key for key in args):
+        args = OmegaConf.to_container(overrides_as_tree(args))
     if config_cls is None:
         if args:
             raise ConfigError(f"{where} takes no arguments, got: {', '.join(sorted(args))}")

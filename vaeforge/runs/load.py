@@ -8,10 +8,13 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from ..data.splits import chunks, iter_split
 from ..errors import CheckpointError, ConfigError, did_you_mean
+from ..models.prior import FittedPrior
 from ..models.vae import VAE, ImageSpec, build_model
 from ..registry import REGISTRY, named_modules_hint
 from .layout import CONFIG_FILE, MANIFEST_COPY
+from .priors import DEFAULT_SAMPLER, StandardNormal, run_sampler
 from . import checkpoints as ckpt
 
 MODES = ("linear", "slerp")
@@ -52,6 +55,7 @@ class LoadedVAE:
         self.vae = vae.eval()
         self.run_dir, self.config, self.manifest = run_dir, config, manifest
         self.checkpoint, self.weights = checkpoint, weights
+        self._means: dict[tuple[str, int], torch.Tensor] = {}  # posterior means by (split, limit)
 
     @property
     def latent_dim(self) -> int:
@@ -87,10 +91,29 @@ class LoadedVAE:
         return self.decode(mu)
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` faces decoded from z ~ N(0, temperature^2 I)."""
-        z = torch.randn(n, self.latent_dim, generator=generator) * temperature
-        return self.decode(z)
+    def posterior_means(self, split: str, limit: int = 0) -> torch.Tensor:
+        """Posterior means ``[N, latent_dim]`` of the first ``limit`` images (0: all) of a split of the run's
+        dataset, in file order, on the CPU; kept, so that fitting several priors encodes the split once."""
+        if (split, limit) not in self._means:
+            mus = [self.encode(torch.stack([s.image for s in group]))[0].cpu()
+                   for group in chunks(iter_split(self.config.data.shards, split, limit), CHUNK)]
+            self._means[split, limit] = torch.cat(mus) if mus else torch.empty(0, self.latent_dim)
+        return self._means[split, limit].clone()
+
+    def sampler(self, name: str = DEFAULT_SAMPLER, prior_args: dict[str, Any] | None = None, train_limit: int = 0,
+                progress: bool = True) -> StandardNormal | FittedPrior:
+        """Where samples come from: ``prior`` is N(0, I); any prior plugin (``gmm``, ``flow``, ...) is fitted on
+        the training split's posterior means (at most ``train_limit`` images, 0: all) with options
+        ``prior_args``, once: it is saved in the run folder and reused while checkpoint, weights and options
+        stay the same."""
+        return run_sampler(self, name, prior_args, train_limit, progress)
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
+               sampler: str = DEFAULT_SAMPLER, prior_args: dict[str, Any] | None = None) -> torch.Tensor:
+        """``n`` faces decoded from latents of ``sampler`` (see :meth:`sampler`); ``temperature`` scales the
+        spread (for ``prior``: z ~ N(0, temperature^2 I))."""
+        return self.decode(self.sampler(sampler, prior_args).sample(n, generator, temperature))
 
     @torch.no_grad()
     def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int = 8, mode: str = "linear") -> torch.Tensor:

@@ -2,37 +2,20 @@
 a seed."""
 from __future__ import annotations
 
-import itertools
-import json
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .attributes import VECTORS_DIR, AttributeVector, direction, posterior_means
-from ..data.stream import decode_sample
-from ..data.manifest import read_manifest, shard_paths
-from ..data.tarstream import shard_samples
+from ..data.splits import TRAIN, VAL, Sample, chunks, iter_split, read_split  # noqa: F401  (read_split: re-exported)
 from ..errors import ConfigError, DataError, did_you_mean
 from .image_files import load_inputs, save_grid, save_png
-from ..models.latent_mixture import SAMPLERS_DIR, LatentMixture, check_options
 
 if TYPE_CHECKING:
     from ..runs.load import LoadedVAE
-
-VAL = "val"
-TRAIN = "train"
-
-
-@dataclass
-class Sample:
-    """One image of a dataset split: its file name, pixels ``[3, H, W]`` in [0, 1] and labels (may be empty)."""
-
-    name: str
-    image: torch.Tensor
-    labels: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -42,20 +25,6 @@ class LabelledBatch:
     names: list[str]
     images: torch.Tensor
     values: torch.Tensor
-
-
-def _shard_error(exc: Exception) -> bool:
-    raise DataError(f"reading shards: {exc}") from exc
-
-
-def read_split(shards: list[str], column: str | None = None) -> Iterator[Sample]:
-    """The samples of a split's shards in file order, with the labels of each sample's JSON metadata; with
-    ``column``, only those labelled in it (the others are not decoded)."""
-    for raw in shard_samples(shards, _shard_error):
-        labels = json.loads(raw["json"]).get("labels", {}) if "json" in raw else {}
-        if column is None or column in labels:
-            image, key = decode_sample(raw)
-            yield Sample(f"{key}.png", image.float() / 255.0, labels)
 
 
 @dataclass
@@ -88,9 +57,7 @@ class TaskContext:
         return list(self._iter_split(name, limit))
 
     def _iter_split(self, name: str, limit: int = 0, column: str | None = None) -> Iterator[Sample]:
-        shards_dir = self.model.config.data.shards
-        samples = read_split(shard_paths(shards_dir, read_manifest(shards_dir), name), column)
-        return itertools.islice(samples, limit or None)
+        return iter_split(self.model.config.data.shards, name, limit, column)
 
     def label_columns(self) -> dict[str, dict[str, Any]]:
         """The dataset's label columns: name -> ``{"kind": "binary" | "real", "count": ...}``."""
@@ -106,7 +73,7 @@ class TaskContext:
     def labelled(self, split: str, column: str, limit: int = 0, batch_size: int = 64) -> Iterator[LabelledBatch]:
         """Batches of the split's images that have a value for ``column`` (at most ``limit`` of them, 0: all)."""
         self.label_kind(column)
-        for group in _chunks(self._iter_split(split, limit, column), batch_size):
+        for group in chunks(self._iter_split(split, limit, column), batch_size):
             yield LabelledBatch([s.name for s in group], torch.stack([s.image for s in group]),
                                 torch.tensor([float(s.labels[column]) for s in group]))
 
@@ -130,37 +97,9 @@ class TaskContext:
         vector.save(path)
         return vector, False
 
-    def posterior_means(self, split: str, limit: int = 0, batch_size: int = 64) -> torch.Tensor:
+    def posterior_means(self, split: str, limit: int = 0) -> torch.Tensor:
         """Posterior means ``[N, latent_dim]`` of the split's first ``limit`` images (0: all), on the CPU."""
-        mus = []
-        with torch.no_grad():
-            for group in _chunks(self._iter_split(split, limit), batch_size):
-                mus.append(self.model.encode(torch.stack([s.image for s in group]))[0].cpu())
-        return torch.cat(mus) if mus else torch.empty(0, self.model.latent_dim)
-
-    def mixture_path(self, components: int, covariance: str) -> Path:
-        """Where the run keeps a fitted mixture: ``run_dir/samplers/gmm_<covariance>_<components>.safetensors``."""
-        return self.model.run_dir / SAMPLERS_DIR / f"gmm_{covariance}_{components}.safetensors"
-
-    def latent_mixture(self, components: int, covariance: str = "full", train_limit: int = 0
-                       ) -> tuple[LatentMixture, bool]:
-        """A Gaussian mixture on the training split's posterior means (at most ``train_limit`` images, 0: all) and
-        whether it was reused: the run's saved one when fitted with the same checkpoint, weights, ``train_limit``,
-        components and covariance; else fitted (seed 0, whatever the task's seed) and saved for reuse."""
-        check_options(components, covariance)
-        m, path = self.model, self.mixture_path(components, covariance)
-        source = (f"{m.checkpoint.name} {m.weights} train_limit={train_limit} components={components} "
-                  f"covariance={covariance}")
-        if path.is_file():
-            saved = LatentMixture.load(path)
-            if saved.source == source:
-                return saved, True
-        mu = self.posterior_means(TRAIN, train_limit)
-        if len(mu) == 0:
-            raise DataError(f"no training images in {m.config.data.shards} to fit a latent mixture on")
-        mixture = LatentMixture.fit(mu, components, covariance, seed=0, source=source)
-        mixture.save(path)
-        return mixture, False
+        return self.model.posterior_means(split, limit)
 
     def save_image(self, name: str, image: torch.Tensor) -> Path:
         path = self.output / name
@@ -174,8 +113,3 @@ class TaskContext:
         save_grid(rows, path, nrow, columns)
         return path
 
-
-def _chunks(items: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
-    iterator = iter(items)
-    while group := list(itertools.islice(iterator, size)):
-        yield group

@@ -29,7 +29,8 @@ def run_task(args: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"no task given: pass task=NAME ({did_you_mean('', REGISTRY.names('task'))})")
     if not common["run_dir"]:
         raise ConfigError("no run given: pass run_dir=<a training run folder>")
-    plugins = list(common["plugins"] or [])
+    modules = common["plugins"] or []  # user plugin modules not declared as entry points: plugins=[a,b] or plugins=a
+    plugins = [modules] if isinstance(modules, str) else list(modules)
     REGISTRY.import_modules(plugins)
     plugin = REGISTRY.get("task", str(common["task"]))
     model = load(common["run_dir"], common["checkpoint"], common["weights"], common["device"], plugins)

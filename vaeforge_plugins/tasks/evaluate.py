@@ -2,11 +2,11 @@
 
 - reconstruction (posterior mean) vs input: PSNR, SSIM, LPIPS-AlexNet;
 - KL(q(z|x) || N(0, I)) per image (nats) and the active latent units;
-- samples: Frechet distance between ``samples`` prior samples and the val images on AlexNet features
-  (``fd_alexnet``: mean-pooled conv5 activations of the LPIPS AlexNet trunk), and FID on InceptionV3 pool
-  features only when ``inception_weights=<file>`` is given (``fid: null`` and a ``fid_note`` otherwise); and the
-  same distance for as many samples of a Gaussian mixture fitted on the training posterior means
-  (``fd_alexnet_gmm``, ex-post density estimation as ``sample sampler=gmm`` does; ``gmm_components=0``: off);
+- samples: Frechet distance between ``samples`` samples and the val images on AlexNet features (mean-pooled
+  conv5 activations of the LPIPS AlexNet trunk), per sampler of ``samplers``: ``fd_alexnet`` for N(0, I)
+  (``prior``), ``fd_alexnet_<name>`` for each prior plugin fitted on the training posterior means (as
+  ``sample sampler=<name>`` fits and saves it); and FID of the N(0, I) samples on InceptionV3 pool features only
+  when ``inception_weights=<file>`` is given (``fid: null`` and a ``fid_note`` otherwise);
 - with ``attribute=``: how well editing along the attribute's direction works. A logistic regression on LPIPS-
   AlexNet features (mean-pooled taps) learns P(attribute) from the labelled training split; it scores val faces
   that lack the attribute (or the positives of ``edit_faces=``, e.g. ``neutral``) after reconstruction and after
@@ -22,14 +22,16 @@ import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from vaeforge.api import (LPIPS, TRAIN, VAL, AttributeClassifier, ConfigError, DataError, TaskContext, active_units,
-                          find_lpips_weights, frechet_distance, has_attribute, kl_per_dim, psnr, register_task, ssim)
+from vaeforge.api import (LPIPS, STANDARD_NORMAL, TRAIN, VAL, AttributeClassifier, ConfigError, DataError, TaskContext,
+                          active_units, find_lpips_weights, frechet_distance, has_attribute, kl_per_dim, psnr,
+                          register_task, check_sampler, ssim)
 
 BATCH = 128
 INCEPTION_SIZE = 299
@@ -39,8 +41,11 @@ NO_FID = ("FID not computed: no InceptionV3 weights given (inception_weights=<to
 
 @dataclass
 class EvaluateConfig:
-    samples: int = 500  # prior samples compared with the val images
+    samples: int = 500  # samples of each sampler compared with the val images
     temperature: float = 1.0
+    samplers: list[str] = field(default_factory=lambda: ["prior", "gmm", "flow", "flow_matching"])  # scored: fd_alexnet (prior = N(0, I)), fd_alexnet_<name>
+    prior_args: dict[str, Any] = field(default_factory=dict)  # options per prior plugin, e.g. prior_args.gmm.components=3
+    prior_train_limit: int = 0  # training images the priors are fitted on (0: all)
     lpips_weights: str = ""  # LPIPS-AlexNet safetensors file (default: $VAEFORGE_LPIPS_WEIGHTS, then the cache)
     inception_weights: str = ""  # torchvision InceptionV3 state dict: enables FID
     attribute: str = ""  # a label column: also measure editing along it
@@ -48,8 +53,6 @@ class EvaluateConfig:
     edit_faces: str = ""  # a binary column whose positive val faces are edited (default: the attribute's negatives)
     edit_limit: int = 64  # val faces edited
     train_limit: int = 0  # labelled training images for the direction and the classifier (0: all)
-    gmm_components: int = 10  # components of the mixture sampler scored as fd_alexnet_gmm (0: off)
-    gmm_train_limit: int = 0  # training images the mixture is fitted on (0: all)
 
 
 def mean(values: torch.Tensor) -> float:
@@ -123,24 +126,24 @@ def inception_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def sample_metrics(ctx: TaskContext, cfg: EvaluateConfig, lpips: LPIPS, net: nn.Module | None, x: torch.Tensor
                    ) -> dict:
-    """Prior samples vs val images: Frechet distance on AlexNet conv5 features (also for the mixture sampler's
-    samples), and FID with an Inception net."""
-    fake = ctx.model.sample(cfg.samples, cfg.temperature, generator=ctx.generator()).cpu()
-    ctx.save_grid("samples.png", fake[:64], nrow=8)
+    """Samples vs val images: the Frechet distance on AlexNet conv5 features per sampler (each sampler's first 64
+    samples saved as a grid), and FID of the N(0, I) samples with an Inception net."""
     real = conv5(lpips, x)
-    result = {"samples": cfg.samples, "temperature": cfg.temperature,
-              "fd_alexnet": round(frechet_distance(conv5(lpips, fake), real), 4),
-              "fd_alexnet_gmm": None, "gmm_components": cfg.gmm_components}
-    if cfg.gmm_components:
-        mixture, _ = ctx.latent_mixture(cfg.gmm_components, "full", cfg.gmm_train_limit)
-        gmm = ctx.model.decode(mixture.sample(cfg.samples, ctx.generator(), cfg.temperature)).cpu()
-        result["fd_alexnet_gmm"] = round(frechet_distance(conv5(lpips, gmm), real), 4)
+    result: dict[str, Any] = {"samples": cfg.samples, "temperature": cfg.temperature, "samplers": {}}
+    for name in cfg.samplers:
+        sampler = ctx.model.sampler(name, cfg.prior_args.get(name), cfg.prior_train_limit)
+        fake = ctx.model.decode(sampler.sample(cfg.samples, ctx.generator(), cfg.temperature)).cpu()
+        suffix = "" if name == STANDARD_NORMAL else f"_{name}"
+        ctx.save_grid(f"samples{suffix}.png", fake[:64], nrow=8)
+        result[f"fd_alexnet{suffix}"] = round(frechet_distance(conv5(lpips, fake), real), 4)
+        result["samplers"][name] = {"fd_alexnet": result[f"fd_alexnet{suffix}"], **sampler.describe()}
     if net is None:
         return {**result, "fid": None, "fid_note": NO_FID}
+    fake = ctx.model.sample(cfg.samples, cfg.temperature, ctx.generator(), sampler=STANDARD_NORMAL).cpu()
     fid = frechet_distance(inception_features(net, fake), inception_features(net, x))
     return {**result, "fid": round(fid, 4),
             "fid_note": f"torchvision InceptionV3 pool features, weights {cfg.inception_weights}, images resized "
-                        f"to {INCEPTION_SIZE}; {cfg.samples} samples vs {len(x)} val images"}
+                        f"to {INCEPTION_SIZE}; {cfg.samples} N(0, I) samples vs {len(x)} val images"}
 
 
 def attribute_classifier(ctx: TaskContext, cfg: EvaluateConfig, lpips: LPIPS, kind: str
@@ -222,6 +225,10 @@ def evaluate(ctx: TaskContext, cfg: EvaluateConfig) -> dict:
         raise ConfigError(f"evaluate runs on the val split; drop input={ctx.input} (limit= takes fewer images)")
     if cfg.samples < 2:
         raise ConfigError("evaluate: samples must be at least 2 (a covariance needs two)")
+    for name in cfg.samplers:
+        check_sampler(name)
+    for name in set(cfg.prior_args).difference(cfg.samplers):
+        raise ConfigError(f"evaluate: prior_args.{name} is for a sampler not scored (samplers={cfg.samplers})")
     lpips = LPIPS("alex", find_lpips_weights("alex", cfg.lpips_weights or None))
     net = inception(cfg.inception_weights) if cfg.inception_weights else None
     val = ctx.split(VAL, ctx.limit)
