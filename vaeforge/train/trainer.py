@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -284,6 +285,10 @@ class Trainer:
     def abort(self) -> None:
         """End a failed run on this rank without waiting for the others: its exit makes the launcher stop them
         (a barrier here would wait for ranks that sit in a collective this one never joins)."""
+        if hasattr(signal, "SIGCHLD") and threading.current_thread() is threading.main_thread():
+            # the DataLoader's SIGCHLD handler re-raises a dead worker's error on every later child exit, which
+            # would replace the first error while the writers below shut down
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         if hasattr(self, "monitor"):
             self.monitor.close()
         self._release()
