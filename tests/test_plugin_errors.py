@@ -12,7 +12,7 @@ from torch import nn
 
 from helpers import PY, TINY, env, run, train
 from vaeforge.api import BackboneParts, LossTerm, LossValue, register_backbone, register_loss
-from vaeforge.config.loader import validate_plugin_args
+from vaeforge.config.loader import validate_options
 from vaeforge.errors import PluginError
 from vaeforge.models.objective import LossSet
 from vaeforge.models.vae import ImageSpec, build_model
@@ -88,7 +88,7 @@ def test_config_dataclass_that_omegaconf_cannot_use_names_the_plugin():
         width: int = "wide"  # type: ignore[assignment]
 
     with pytest.raises(PluginError) as err:
-        validate_plugin_args(BadDefault, {}, "backbone 'wide'")
+        validate_options(BadDefault, {}, "backbone 'wide'")
     assert str(err.value).startswith("backbone 'wide': its config dataclass BadDefault cannot be a config")
     assert "give each field a type" in str(err.value)
 

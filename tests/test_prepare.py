@@ -193,7 +193,7 @@ def test_checksum_of_local_archive(small_tgz, tmp_path):
 # --- command-line errors ---------------------------------------------------------------------------------------
 
 def test_cli_unknown_option(tmp_path):
-    assert_user_error(run_cli("sourse=x.tgz", f"out={tmp_path}"), "unknown prepare option 'sourse'",
+    assert_user_error(run_cli("sourse=x.tgz", f"out={tmp_path}"), "unknown key 'sourse' in prepare",
                       "did you mean 'source'")
 
 

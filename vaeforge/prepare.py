@@ -5,14 +5,17 @@ whichever of the standard LFW label files exist in that folder; an explicit ``at
 """
 from __future__ import annotations
 
-import inspect
-import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from .cli.args import parse_overrides, take, user_errors_exit
+from .cli.args import user_errors_exit
+from .cli.options import help_text, read_args
+from .config.fields import choice
+from .config.loader import validate_options
+from .data.build import PrepareConfig
 from .data.build import prepare as prepare_lfw
-from .errors import ConfigError, DataError, did_you_mean
+from .errors import DataError
 
 DATASETS = {"lfw": prepare_lfw}
 LABEL_DIR_FILES = {
@@ -21,15 +24,16 @@ LABEL_DIR_FILES = {
     "gender_male": "lfw_gender_male.txt",
     "gender_female": "lfw_gender_female.txt",
 }
-PATH_OPTIONS = ("source", "out", "labels", *LABEL_DIR_FILES)
+ABOUT = "Build WebDataset shards and manifest.json from LFW: identity-disjoint train/val split, labels joined."
+USAGE = "vaeforge prepare source=<url|.tgz|folder> out=<dir> [labels=<dir>] [key=value ...]"
 
 
-def _options(dataset: str) -> dict[str, Any]:
-    """Every option of ``dataset`` with its default: the preparer's own arguments, plus dataset and labels."""
-    if dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset '{dataset}' ({did_you_mean(str(dataset), DATASETS)})")
-    parameters = inspect.signature(DATASETS[dataset]).parameters
-    return {"dataset": dataset, **{name: p.default for name, p in parameters.items()}, "labels": None}
+@dataclass
+class PrepareOptions(PrepareConfig):
+    """``vaeforge prepare``: the dataset's settings plus a folder of label files."""
+
+    dataset: str = choice("lfw", tuple(DATASETS))  # the dataset being prepared
+    labels: Optional[str] = None  # folder holding the standard LFW label files; an explicit attributes= etc. wins
 
 
 def _label_files(folder: Path) -> dict[str, str]:
@@ -43,19 +47,17 @@ def _label_files(folder: Path) -> dict[str, str]:
 
 
 def _resolve(args: dict[str, Any]) -> dict[str, Any]:
-    """Check the options, fill in defaults and expand ``labels=<dir>``: the dataset and its preparer's arguments."""
-    options = take(args, _options(args.get("dataset", "lfw")), "prepare")
-    for name in PATH_OPTIONS:  # YAML may read a path as a number or a date
-        if options[name] is not None and options[name] is not inspect.Parameter.empty:
-            options[name] = str(options[name])
-    missing = [name for name, value in options.items() if value is inspect.Parameter.empty]
-    if missing:
-        raise ConfigError(f"missing required option(s): {', '.join(f'{name}=...' for name in missing)}")
-    if options["labels"] is not None:
-        for option, path in _label_files(Path(options["labels"])).items():
+    """Check the options and expand ``labels=<dir>``: the dataset and its preparer's arguments."""
+    options = asdict(validate_options(PrepareOptions, args, "prepare"))
+    labels = options.pop("labels")
+    if labels is not None:
+        for option, path in _label_files(Path(labels)).items():
             options[option] = options[option] or path
-    del options["labels"]
     return options
+
+
+def _help(_: dict[str, Any]) -> str:
+    return help_text(USAGE, ABOUT, [("options (key=value)", PrepareOptions, "")])
 
 
 def _summary(manifest: dict[str, Any], out: str) -> str:
@@ -76,8 +78,7 @@ def _summary(manifest: dict[str, Any], out: str) -> str:
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
     """Parse ``key=value`` arguments, prepare the dataset and print a summary."""
-    args = parse_overrides(sys.argv[1:] if argv is None else argv)
-    options = _resolve(args)
+    options = _resolve(read_args(argv, _help))
     manifest = DATASETS[options.pop("dataset")](**options)
     print(_summary(manifest, options["out"]))
 

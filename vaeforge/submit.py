@@ -31,10 +31,14 @@ from typing import Any, List, Optional
 import yaml
 
 from .cli.args import parse_overrides, user_errors_exit
-from .config import validate_plugin_args
+from .cli.options import help_text, read_args
+from .config import validate_options
+from .config.fields import at_least
 from .errors import ConfigError, VaeforgeError, did_you_mean
 from .runs.folder import latest_state, refuse_overwrite
 
+ABOUT = "Train on a SLURM cluster: one job of nodes x processes that checkpoints and requeues itself on preemption."
+USAGE = "vaeforge submit recipe=NAME slurm=PROFILE [slurm.key=value ...] [training key=value ...] [--dry-run]"
 DRY_RUN = "--dry-run"
 LOG_DIR = "slurm"
 
@@ -43,23 +47,23 @@ LOG_DIR = "slurm"
 class SlurmConfig:
     """A cluster profile (``slurm/<name>.yaml``) with ``slurm.<key>=value`` overrides on top."""
 
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    constraint: Optional[str] = None
-    qos: Optional[str] = None
-    nodes: int = 1
-    gpus_per_node: int = 0
-    tasks_per_node: int = 0  # training processes per node; 0: one per GPU (one without GPUs)
-    cpus_per_task: int = 4
-    mem_gb: Optional[int] = None  # per node; None: the partition's default
-    time_min: int = 60
-    signal_delay_s: int = 120  # USR2 this long before the time limit: checkpoint and requeue
-    max_requeues: int = 3  # time-outs survived by requeueing (preemptions do not count)
+    partition: Optional[str] = None  # the partition (queue) to run in; None: the cluster's default
+    account: Optional[str] = None  # the account charged
+    constraint: Optional[str] = None  # node features required (sbatch --constraint)
+    qos: Optional[str] = None  # quality of service
+    nodes: int = at_least(1, 1)  # nodes of the job
+    gpus_per_node: int = at_least(0, 0)  # GPUs per node
+    tasks_per_node: int = at_least(0, 0)  # training processes per node; 0: one per GPU (one without GPUs)
+    cpus_per_task: int = at_least(1, 4)  # CPU cores per training process
+    mem_gb: Optional[int] = at_least(1, None)  # per node; None: the partition's default
+    time_min: int = at_least(1, 60)  # the job's time limit in minutes
+    signal_delay_s: int = at_least(0, 120)  # USR2 this long before the time limit: checkpoint and requeue
+    max_requeues: int = at_least(0, 3)  # time-outs survived by requeueing (preemptions do not count)
     deepspeed: Optional[str] = None  # train under DeepSpeed: a config of recipes/deepspeed (zero2, zero3) or a path
     master_addr: Optional[str] = None  # rendezvous address; None: the job's first node
     setup: List[str] = field(default_factory=list)  # shell lines run before training (modules, venv, exports)
     slurm_conf: Optional[str] = None  # SLURM_CONF for sbatch/scontrol when the environment has none
-    job_name: str = "vaeforge"
+    job_name: str = "vaeforge"  # the job's name in squeue
 
     @property
     def processes_per_node(self) -> int:
@@ -94,10 +98,7 @@ def slurm_config(args: dict[str, Any]) -> SlurmConfig:
     profile = read_profile(str(args["slurm"])) if "slurm" in args else {}
     overrides = {k[len("slurm."):]: v for k, v in args.items() if k.startswith("slurm.")}
     where = f"slurm profile '{args['slurm']}'" if "slurm" in args else "slurm options"
-    cfg: SlurmConfig = validate_plugin_args(SlurmConfig, {**profile, **overrides}, where)
-    if cfg.nodes < 1 or cfg.processes_per_node < 1 or cfg.time_min < 1:
-        raise ConfigError("slurm.nodes, slurm.tasks_per_node and slurm.time_min must be at least 1")
-    return cfg
+    return validate_options(SlurmConfig, {**profile, **overrides}, where)
 
 
 def deepspeed_config_file(name: str) -> Path:
@@ -224,13 +225,21 @@ def describe_launch(job: TrainJob, slurm: SlurmConfig) -> str:
     )
 
 
+def _help(_: dict[str, Any]) -> str:
+    profiles = ", ".join(available_profiles()) or "(none)"
+    return help_text(USAGE, ABOUT, [("cluster options (slurm.key=value, over the profile's)", SlurmConfig, "slurm.")],
+                     f"slurm=PROFILE: a profile of ./slurm or vaeforge's slurm/ ({profiles})\n"
+                     f"{DRY_RUN}: print the sbatch script and the launch; submit nothing\n"
+                     "every other key=value is a training option: vaeforge train --help")
+
+
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     dry_run = DRY_RUN in argv
-    args = parse_overrides([a for a in argv if a != DRY_RUN])
-    slurm = slurm_config(args)
-    train_args = [a for a in argv if a != DRY_RUN and not a.split("=", 1)[0].split(".")[0] == "slurm"]
+    argv = [a for a in argv if a != DRY_RUN]
+    slurm = slurm_config(read_args(argv, _help))
+    train_args = [a for a in argv if not a.split("=", 1)[0].split(".")[0] == "slurm"]
     job = training_job(train_args, slurm)
     run_dir = Path(job.run_dir)
     ex = executor(slurm, run_dir / LOG_DIR, dry_run)

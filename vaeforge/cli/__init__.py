@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
+from typing import List
 
 from .args import user_errors_exit
+from .options import help_text, read_args
 from ..errors import ConfigError, did_you_mean
 
-USAGE = """usage: vaeforge <verb> [key=value ...]
+USAGE = """usage: vaeforge <verb> [key=value ...]   (vaeforge <verb> --help: its options)
 
 verbs:
   prepare   LFW archive or folder -> WebDataset shards + manifest.json
@@ -20,12 +23,18 @@ verbs:
 """
 
 
+@dataclass
+class PluginsOptions:
+    plugins: List[str] = field(default_factory=list)  # modules to import for their plugins before listing
+
+
 def list_plugins(argv: list[str]) -> None:
+    from ..config.loader import validate_options
     from ..registry import REGISTRY
 
-    modules = [a.partition("=")[2] for a in argv if a.startswith("plugins=")]
-    if modules:
-        REGISTRY.import_modules([m for m in modules[0].strip("[]").split(",") if m])
+    usage, about = "vaeforge plugins [plugins=[module,...]]", "List every registered plugin with its kind and origin."
+    args = read_args(argv, lambda _: help_text(usage, about, [("options (key=value)", PluginsOptions, "")]))
+    REGISTRY.import_modules(validate_options(PluginsOptions, args, "plugins").plugins)
     rows = [(p.kind, p.name, p.origin) for p in REGISTRY.all()]
     width = max((len(n) for _, n, _ in rows), default=4)
     for kind, name, origin in rows:
@@ -35,6 +44,9 @@ def list_plugins(argv: list[str]) -> None:
 def list_recipes(argv: list[str]) -> None:
     from ..config import available_recipes
 
+    args = read_args(argv, lambda _: help_text("vaeforge recipes", "List the recipes: ./recipes, then vaeforge's.", []))
+    if args:
+        raise ConfigError(f"vaeforge recipes takes no options, got: {', '.join(args)}")
     for name, path in sorted(available_recipes().items()):
         print(f"{name:<16} {path}")
 

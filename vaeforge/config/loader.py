@@ -147,8 +147,9 @@ def load_config(args: dict[str, Any], saved: Path | None = None) -> DictConfig:
     return cfg
 
 
-def validate_plugin_args(config_cls: type | None, args: Any, where: str) -> Any:
-    """Plugin arguments checked against the plugin's own config dataclass; returns an instance of it. Dotted keys
+def validate_options(config_cls: type | None, args: Any, where: str) -> Any:
+    """Options (a plugin's arguments, a verb's ``key=value`` arguments) checked against their config dataclass:
+    keys, types, required fields and declared ranges; returns an instance of it. Dotted keys
     (``prior_args.components=4`` on a command line) set nested options."""
     args = OmegaConf.to_container(args) if isinstance(args, DictConfig) else dict(args or {})
     if any("." in key for key in args):
@@ -165,7 +166,11 @@ def validate_plugin_args(config_cls: type | None, args: Any, where: str) -> Any:
                           f"({str(exc).splitlines()[0]}): give each field a type among int, float, str, bool, "
                           "Optional, List or Dict of those, and a default of that type") from None
     check_keys(schema, list(_flatten(args)), where)
-    options = OmegaConf.to_object(merge(schema, args, where))
+    merged = merge(schema, args, where)
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:
+        raise ConfigError(f"{where}: missing required option(s): {', '.join(f'{key}=...' for key in missing)}")
+    options = OmegaConf.to_object(merged)
     check_values(options, f"{where}: ")
     return options
 

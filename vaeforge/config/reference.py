@@ -15,12 +15,16 @@ _FIELD_LINE = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.+)$")
 
 
 def _comments(cls: type) -> dict[str, str]:
-    """Trailing ``# comments`` of a dataclass's field lines: the schema documents itself in place."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    return {m.group(1): m.group(2).strip() for m in map(_FIELD_LINE.match, source.splitlines()) if m}
+    """Trailing ``# comments`` of a dataclass's field lines (its bases' too): the schema documents itself in
+    place."""
+    notes: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if is_dataclass(k)]):
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        notes.update({m.group(1): m.group(2).strip() for m in map(_FIELD_LINE.match, source.splitlines()) if m})
+    return notes
 
 
 def _default(f: Any) -> str:
@@ -57,6 +61,19 @@ def _table(entries: list[tuple[str, str, str, str, str]]) -> list[str]:
     return lines
 
 
+def _verb_options() -> list[tuple[str, type, str]]:
+    """(verb, options dataclass, key prefix) of every verb but train, whose options are the run config."""
+    from ..cli import PluginsOptions
+    from ..models.lpips_weights import LpipsOptions
+    from ..prepare import PrepareOptions
+    from ..runs.report import ReportOptions
+    from ..submit import SlurmConfig
+    from ..tasks.runner import TaskOptions
+
+    return [("prepare", PrepareOptions, ""), ("lpips", LpipsOptions, ""), ("run", TaskOptions, ""),
+            ("submit", SlurmConfig, "slurm."), ("report", ReportOptions, ""), ("plugins", PluginsOptions, "")]
+
+
 def render() -> str:
     """The whole reference as Markdown."""
     lines = [
@@ -66,13 +83,17 @@ def render() -> str:
         "`python -m vaeforge.config.reference > docs/config.md` (a test fails when this file is stale).",
         "Any key can be set in a recipe or overridden on the command line as `key=value`.",
         "",
-        "## Run config",
+        "## Run config (`vaeforge train`)",
         "",
         *_table(rows(RunConfig)),
         "",
         "`model.backbone` is `{name, args}` and each `losses.<term>` is `{name, weight, args}`; `args` are the",
         "plugin's own options, listed below.",
     ]
+    lines += ["", "## Command options", "",
+              "The `key=value` options of the other verbs (`vaeforge <verb> --help` prints the same table)."]
+    for verb, cls, prefix in _verb_options():
+        lines += ["", f"### `vaeforge {verb}`", "", *_table(rows(cls, prefix))]
     for kind in KINDS:
         lines += ["", f"## {kind.capitalize()} plugins"]
         for plugin in (p for p in REGISTRY.all() if p.kind == kind):

@@ -16,15 +16,19 @@ import random
 import shutil
 import urllib.parse
 from collections import defaultdict
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from numbers import Real
 from pathlib import Path
-from typing import Any
+from typing import Any, List, Optional
 
 import numpy as np
 import webdataset as wds
+from omegaconf import MISSING
 from tqdm import tqdm
 
+from ..config.fields import at_least
+from ..config.loader import validate_options
 from ..errors import ConfigError, DataError
 from .download import checksum_mismatch, fetch, file_digest, parse_checksum
 from .images import crop_resize, decode_image
@@ -49,27 +53,35 @@ SPLITS = ("train", "val")
 LABEL_FILES = ("attributes", "emotions", "gender_male", "gender_female")
 
 
-def prepare(
-    source: str | Path,
-    out: str | Path,
-    image_size: int = 64,
-    crop: tuple[int, int, int, int] = (50, 50, 200, 200),
-    val_fraction: float = 0.05,
-    attributes: str | Path | None = None,
-    emotions: str | Path | None = None,
-    gender_male: str | Path | None = None,
-    gender_female: str | Path | None = None,
-    checksum: str | None = None,
-    train_shards: int = 16,
-    val_shards: int = 4,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Prepare LFW from a URL, a .tgz or a folder into ``out``; return the manifest.
+@dataclass
+class PrepareConfig:
+    """How an LFW source becomes shards; normalised, it is recorded as the manifest's ``config``."""
+
+    source: str = MISSING  # URL, .tgz archive or extracted folder of LFW
+    out: str = MISSING  # output folder: shards and manifest.json (replaced only once complete)
+    image_size: int = at_least(1, 64)  # side of the square RGB images written
+    crop: List[int] = field(default_factory=lambda: [50, 50, 200, 200])  # [left, top, right, bottom] box cut before resizing
+    val_fraction: float = 0.05  # share of identities in the val split, in [0, 1)
+    attributes: Optional[str] = None  # lfw_attributes.txt: 73 attribute scores per image
+    emotions: Optional[str] = None  # lfw_emotions.csv
+    gender_male: Optional[str] = None  # lfw_gender_male.txt
+    gender_female: Optional[str] = None  # lfw_gender_female.txt
+    checksum: Optional[str] = None  # md5:<hex> or sha256:<hex> of the archive (the official URL's is known)
+    train_shards: int = at_least(1, 16)  # shard files of the train split
+    val_shards: int = at_least(1, 4)  # shard files of the val split
+    seed: int = at_least(0, 0)  # seed of the identity split and the shard order
+
+
+def prepare(source: str | Path, out: str | Path, **settings: Any) -> dict[str, Any]:
+    """Prepare LFW from a URL, a .tgz or a folder into ``out`` with the :class:`PrepareConfig` ``settings``;
+    return the manifest.
 
     ``out`` is replaced only once the new output is complete; an ``out`` already built from the same
     source bytes, label files and settings is left as it is ("up to date").
     """
-    args = dict(locals())  # every argument; normalised, they are the manifest's "config"
+    given = {name: str(value) if isinstance(value, Path) else value for name, value in settings.items()}
+    options = validate_options(PrepareConfig, {"source": str(source), "out": str(out), **given}, "prepare")
+    args = asdict(options)
     out = Path(args.pop("out")).absolute()
     config = _config(args)
     _check_replaceable(out)
@@ -98,7 +110,8 @@ def prepare(
 
 
 def _config(args: dict[str, Any]) -> dict[str, Any]:
-    """Validate the arguments (ConfigError) and normalise them into the JSON recorded in the manifest."""
+    """Check what the fields' types cannot (ConfigError) and normalise the arguments into the JSON recorded in
+    the manifest."""
     source = str(args["source"])
     source = source if _is_url(source) else str(Path(source).absolute())
     checksum = args["checksum"]
@@ -108,22 +121,15 @@ def _config(args: dict[str, Any]) -> dict[str, Any]:
         parse_checksum(str(checksum))
     return {
         "source": source,
-        "image_size": _int("image_size", args["image_size"], 1),
+        "image_size": args["image_size"],
         "crop": _crop(args["crop"]),
         "val_fraction": _fraction(args["val_fraction"]),
         **{name: None if args[name] is None else str(Path(args[name]).absolute()) for name in LABEL_FILES},
         "checksum": None if checksum is None else str(checksum),
-        "train_shards": _int("train_shards", args["train_shards"], 1),
-        "val_shards": _int("val_shards", args["val_shards"], 1),
-        "seed": _int("seed", args["seed"], 0),
+        "train_shards": args["train_shards"],
+        "val_shards": args["val_shards"],
+        "seed": args["seed"],
     }
-
-
-def _int(name: str, value: Any, minimum: int) -> int:
-    """``value`` if it is an int >= ``minimum``, else ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _crop(crop: Any) -> list[int]:

@@ -9,24 +9,27 @@ they are written as one ``lpips_<net>.safetensors`` in the cache, where
 """
 from __future__ import annotations
 
-import inspect
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from safetensors.torch import save_file
 
-from ..cli.args import parse_overrides, take, user_errors_exit
+from ..cli.args import user_errors_exit
+from ..cli.options import help_text, read_args
+from ..config.fields import choice
+from ..config.loader import validate_options
 from ..data.download import checksum_mismatch, fetch, file_digest
 from ..errors import ConfigError, DataError, VaeforgeError
 from .lpips import LPIPS, NETS, cache_dir, weights_layout
 
 TRUNK_BASE = "https://download.pytorch.org/models"
 HEAD_BASE = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1"
+ABOUT = "Download (or convert local copies of) the official LPIPS v0.1 weights into one checked safetensors file."
+USAGE = "vaeforge lpips [net=alex|vgg] [trunk=<.pth> head=<.pth>] [out=<folder>]"
 HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")  # torchvision's rule: `<name>-<sha256 prefix>.pth`
 HEAD_KEY = re.compile(r"^(lin\d+)\.model\.1\.")  # the LPIPS heads' `lin0.model.1.weight` -> `lin0.weight`
 
@@ -129,33 +132,47 @@ def obtain(url: str, local: str | None, dest: Path, checksum: str | None, progre
     return fetch(url, dest, checksum, progress), url
 
 
-def download(net: str = "alex", trunk: str | None = None, head: str | None = None, trunk_base: str = TRUNK_BASE,
-             head_base: str = HEAD_BASE, trunk_name: str | None = None, out: str | None = None,
-             progress: bool = True) -> Path:
-    """Fetch (or take the local ``trunk``/``head``), verify and convert the LPIPS weights of ``net``.
+@dataclass
+class LpipsOptions:
+    """Which LPIPS net, where its two files come from, and where the converted weights go."""
+
+    net: str = choice("alex", tuple(SOURCES))  # the LPIPS network
+    trunk: Optional[str] = None  # a local torchvision trunk .pth (offline); default: downloaded from trunk_base
+    head: Optional[str] = None  # a local LPIPS v0.1 head .pth (offline); default: downloaded from head_base
+    trunk_base: str = TRUNK_BASE  # where the trunk is downloaded from (a mirror may replace it)
+    head_base: str = HEAD_BASE  # where the heads are downloaded from
+    trunk_name: Optional[str] = None  # the trunk's file name, whose SHA-256 prefix it must carry; default: torchvision's
+    out: Optional[str] = None  # output folder; default: the cache, where training finds the weights
+    progress: bool = True  # show download progress
+
+
+def download(net: str = "alex", **settings: Any) -> Path:
+    """Fetch (or take the local ``trunk``/``head``), verify and convert the LPIPS weights of ``net`` with the
+    :class:`LpipsOptions` ``settings``.
 
     ``trunk_name`` replaces torchvision's file name and so the SHA-256 prefix the trunk (downloaded or local) must
     have. Downloads go to ``<cache>/downloads`` (resumable) and are deleted once converted; a failed check leaves
     no output file.
     """
-    if net not in SOURCES:
-        raise ConfigError(f"unknown LPIPS net '{net}' (valid: {', '.join(SOURCES)})")
-    source, folder = SOURCES[net], cache_dir() / "downloads"
-    trunk_name = trunk_name or source.trunk
+    given = {name: str(value) if isinstance(value, Path) else value for name, value in settings.items()}
+    opts = validate_options(LpipsOptions, {"net": net, **given}, "lpips")
+    source, folder = SOURCES[opts.net], cache_dir() / "downloads"
+    trunk_name = opts.trunk_name or source.trunk
     trunk_prefix(trunk_name)  # a bad name fails before any download
-    head_path, head_origin = obtain(f"{head_base.rstrip('/')}/{source.head}", head,
-                                    folder / f"lpips-v0.1-{source.head}", f"sha256:{source.head_sha256}", progress)
-    check_head(head_path, net, head_origin)
-    trunk_path, trunk_origin = obtain(f"{trunk_base.rstrip('/')}/{trunk_name}", trunk, folder / trunk_name, None,
-                                      progress)
+    head_path, head_origin = obtain(f"{opts.head_base.rstrip('/')}/{source.head}", opts.head,
+                                    folder / f"lpips-v0.1-{source.head}", f"sha256:{source.head_sha256}", opts.progress)
+    check_head(head_path, opts.net, head_origin)
+    trunk_path, trunk_origin = obtain(f"{opts.trunk_base.rstrip('/')}/{trunk_name}", opts.trunk, folder / trunk_name,
+                                      None, opts.progress)
     try:
         check_trunk(trunk_path, trunk_name, trunk_origin)
-        result = convert(net, trunk_path, head_path, Path(out) if out else None, (trunk_origin, head_origin))
+        result = convert(opts.net, trunk_path, head_path, Path(opts.out) if opts.out else None,
+                         (trunk_origin, head_origin))
     except VaeforgeError:
-        if not trunk:
+        if not opts.trunk:
             trunk_path.unlink(missing_ok=True)  # a wrong or refused download: nothing that looks complete stays
         raise
-    for path, local in ((head_path, head), (trunk_path, trunk)):
+    for path, local in ((head_path, opts.head), (trunk_path, opts.trunk)):
         if not local:
             path.unlink(missing_ok=True)  # converted: the pickles are no longer needed
     return result
@@ -164,14 +181,9 @@ def download(net: str = "alex", trunk: str | None = None, head: str | None = Non
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
     """Parse ``key=value`` arguments, download or convert the weights and print where they are."""
-    defaults = {name: p.default for name, p in inspect.signature(download).parameters.items()}
-    options: dict[str, Any] = take(parse_overrides(sys.argv[1:] if argv is None else argv), defaults, "lpips")
-    for name in ("net", "trunk", "head", "trunk_base", "head_base", "trunk_name", "out"):
-        if options[name] is not None:  # YAML may read a path or a name as a number
-            options[name] = str(options[name])
-    path = download(**options)
-    print(f"wrote {path} (LPIPS-{options['net']} v0.1, safetensors)")
-
+    args = read_args(argv, lambda _: help_text(USAGE, ABOUT, [("options (key=value)", LpipsOptions, "")]))
+    path = download(**args)
+    print(f"wrote {path} (LPIPS-{args.get('net', 'alex')} v0.1, safetensors)")
 
 if __name__ == "__main__":
     main()

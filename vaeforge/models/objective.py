@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config.loader import validate_plugin_args
+from ..config.loader import validate_options
 from ..errors import ConfigError, PluginError
 from ..registry import REGISTRY
 from .vae import VAEOutput
@@ -110,7 +110,7 @@ class LossSet(nn.Module):
             if float(spec.weight) == 0.0:
                 continue
             plugin = REGISTRY.get("loss", spec.name)
-            args = validate_plugin_args(plugin.config, spec.args, f"loss '{term}' ({spec.name})")
+            args = validate_options(plugin.config, spec.args, f"loss '{term}' ({spec.name})")
             module = plugin.target(args) if plugin.config is not None else plugin.target()
             if not isinstance(module, LossTerm):
                 raise ConfigError(f"loss '{spec.name}' ({plugin.origin}) must build a LossTerm, got "

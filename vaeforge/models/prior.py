@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..config.loader import validate_plugin_args
+from ..config.loader import validate_options
 from ..errors import ConfigError, DataError
 from ..registry import REGISTRY
 from ..runs.tensorfile import read_tensors, write_tensors
@@ -147,7 +147,7 @@ def _plugin_config(name: str, args: dict[str, Any] | None) -> tuple[Any, Any, di
     """The prior plugin ``name``, its config from ``args`` (checked against its config dataclass) and that config
     as a dict."""
     plugin = REGISTRY.get("prior", name)
-    cfg = validate_plugin_args(plugin.config, args or {}, f"prior '{name}'")
+    cfg = validate_options(plugin.config, args or {}, f"prior '{name}'")
     return plugin, cfg, asdict(cfg) if cfg is not None else {}
 
 

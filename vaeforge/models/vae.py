@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config.loader import validate_plugin_args
+from ..config.loader import validate_options
 from ..errors import PluginError
 from ..registry import REGISTRY
 
@@ -93,7 +93,7 @@ def last_weight_name(decoder: nn.Module) -> str:
 def build_model(model_cfg, image: ImageSpec) -> VAE:
     """Build the VAE of a run config's ``model`` section through the backbone registry, checked by one forward."""
     plugin = REGISTRY.get("backbone", model_cfg.backbone.name)
-    args = validate_plugin_args(plugin.config, model_cfg.backbone.args, f"backbone '{plugin.name}'")
+    args = validate_options(plugin.config, model_cfg.backbone.args, f"backbone '{plugin.name}'")
     parts = plugin.target(args, image, int(model_cfg.latent_dim))
     where = f"backbone '{plugin.name}' ({plugin.origin})"
     if not isinstance(parts, BackboneParts):

@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..data.splits import chunks, iter_split
-from ..errors import CheckpointError, ConfigError, did_you_mean
+from ..errors import CheckpointError, ConfigError, did_you_mean, unknown_choice
 from ..models.prior import FittedPrior
 from ..models.vae import VAE, ImageSpec, build_model
 from ..registry import REGISTRY, named_modules_hint
@@ -170,7 +170,7 @@ def load(run_dir: str | Path, checkpoint: str | None = None, weights: str = "ema
     A run folder is data: the plugin modules its config names are never imported from it. Its backbone must be
     installed (an entry point) or be in one of the ``plugins`` modules the caller names."""
     if weights not in WEIGHTS:
-        raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+        raise unknown_choice("weights", weights, WEIGHTS)
     run_dir = Path(run_dir)
     config_path, manifest_path = run_dir / CONFIG_FILE, run_dir / MANIFEST_COPY
     if not config_path.is_file() or not manifest_path.is_file():

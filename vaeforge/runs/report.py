@@ -8,15 +8,18 @@ from __future__ import annotations
 import base64
 import html
 import json
-import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
+from omegaconf import MISSING
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ..cli.args import parse_overrides, take, user_errors_exit
+from ..cli.args import user_errors_exit
+from ..cli.options import help_text, read_args
+from ..config.loader import validate_options
 from ..errors import CheckpointError
 from .checkpoints import latest_checkpoint, read_state
 from .layout import CONFIG_FILE, RUN_FILE, TASKS_DIR, TB_DIR
@@ -27,6 +30,8 @@ KNOWN_CURVES = ("train/loss", "val/loss", "val/psnr", "train/kl/nats", "train/kl
 CHARTED = ("train/", "val/", "perf/")
 MARKERS_UP_TO = 12  # a series this short gets a circle at each point: one point draws no line, a few hide in one
 REPORT = "report.html"
+ABOUT = "Write one self-contained HTML page for a run: curves, grids, task results, config."
+USAGE = "vaeforge report run_dir=DIR [output=FILE]"
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 h1{margin-bottom:0}.sub{color:#666}section{margin-top:2em}
 .charts{display:flex;flex-wrap:wrap;gap:12px}.chart{border:1px solid #ddd;padding:4px}
@@ -185,13 +190,19 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     return path
 
 
+@dataclass
+class ReportOptions:
+    """Which run to report on, and where the page goes."""
+
+    run_dir: str = MISSING  # a training run folder
+    output: Optional[str] = None  # the HTML file; default: <run_dir>/report.html
+
+
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
-    args = take(parse_overrides(sys.argv[1:] if argv is None else argv), {"run_dir": None, "output": None}, "report")
-    if not args["run_dir"]:
-        raise CheckpointError("pass run_dir=<a training run folder>")
-    print(f"report: {write_report(args['run_dir'], args['output'])}")
-
+    args = read_args(argv, lambda _: help_text(USAGE, ABOUT, [("options (key=value)", ReportOptions, "")]))
+    opts = validate_options(ReportOptions, args, "report")
+    print(f"report: {write_report(opts.run_dir, opts.output)}")
 
 if __name__ == "__main__":
     main()

@@ -3,47 +3,64 @@ on a trained run; writes the task's files and ``summary.json`` into the output f
 from __future__ import annotations
 
 import json
-import sys
 import time
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, List, Optional
 
-from ..cli.args import parse_overrides, user_errors_exit
-from ..config.loader import validate_plugin_args
+from omegaconf import MISSING
+
+from ..cli.args import user_errors_exit
+from ..cli.options import help_text, read_args
+from ..config.fields import at_least, choice
+from ..config.loader import validate_options
 from ..errors import ConfigError, PluginError, did_you_mean
-from ..runs.load import load
+from ..runs.load import WEIGHTS, load
 from ..registry import REGISTRY
 from ..runs.layout import TASKS_DIR
 from .context import TaskContext
 
-COMMON = {"task": None, "run_dir": None, "input": None, "output": None, "seed": 0, "checkpoint": None,
-          "weights": "ema", "device": "cpu", "limit": 0, "plugins": []}
+ABOUT = "Run a task plugin on a trained run; its files and summary.json go into the output folder."
+USAGE = "vaeforge run task=NAME run_dir=DIR [input=...] [output=...] [task options ...]"
 SUMMARY = "summary.json"
+
+
+@dataclass
+class TaskOptions:
+    """The options every task takes; the other ``key=value`` arguments are the task's own."""
+
+    task: str = MISSING  # a registered task (`vaeforge plugins`)
+    run_dir: str = MISSING  # a training run folder
+    input: Optional[str] = None  # val, train, an image file or a folder of images (for tasks that read faces)
+    output: Optional[str] = None  # output folder; default: <run_dir>/tasks/<task>
+    seed: int = 0  # same seed, same output
+    checkpoint: Optional[str] = None  # a checkpoint folder of the run; default: the newest complete one
+    weights: str = choice("ema", WEIGHTS)  # the EMA of the weights (when the run kept one) or the trained weights
+    device: str = "cpu"  # a torch device
+    limit: int = at_least(0, 0)  # at most this many input images; 0: all
+    plugins: List[str] = field(default_factory=list)  # modules to import for their plugins (a run folder names none)
 
 
 def run_task(args: dict[str, Any]) -> dict[str, Any]:
     """Run one task from ``key=value`` arguments; returns the summary that was written."""
-    common = {k: args.get(k, v) for k, v in COMMON.items()}
-    if not common["task"]:
+    common, options = _split(args)
+    if not common.get("task"):
         raise ConfigError(f"no task given: pass task=NAME ({did_you_mean('', REGISTRY.names('task'))})")
-    if not common["run_dir"]:
+    if not common.get("run_dir"):
         raise ConfigError("no run given: pass run_dir=<a training run folder>")
-    modules = common["plugins"] or []  # user plugin modules not declared as entry points: plugins=[a,b] or plugins=a
-    plugins = [modules] if isinstance(modules, str) else list(modules)
-    REGISTRY.import_modules(plugins)
-    plugin = REGISTRY.get("task", str(common["task"]))
-    model = load(common["run_dir"], common["checkpoint"], common["weights"], common["device"], plugins)
-    options = {k: v for k, v in args.items() if k not in COMMON}
-    cfg = validate_plugin_args(plugin.config, options, f"task '{plugin.name}'")
-    output = Path(common["output"] or Path(common["run_dir"]) / TASKS_DIR / plugin.name)
+    opts: TaskOptions = validate_options(TaskOptions, common, "run")
+    REGISTRY.import_modules(opts.plugins)
+    plugin = REGISTRY.get("task", opts.task)
+    model = load(opts.run_dir, opts.checkpoint, opts.weights, opts.device, opts.plugins)
+    cfg = validate_options(plugin.config, options, f"task '{plugin.name}'")
+    output = Path(opts.output or Path(opts.run_dir) / TASKS_DIR / plugin.name)
     output.mkdir(parents=True, exist_ok=True)
-    ctx = TaskContext(model, output, int(common["seed"]), common["input"], int(common["limit"]))
+    ctx = TaskContext(model, output, opts.seed, opts.input, opts.limit)
     started = time.monotonic()
     result = task_result(plugin.target(ctx, cfg), plugin, output)
     summary = {
         "task": plugin.name,
-        "run_dir": str(common["run_dir"]),
+        "run_dir": opts.run_dir,
         "checkpoint": str(model.checkpoint),
         "weights": model.weights,
         "seed": ctx.seed,
@@ -53,6 +70,30 @@ def run_task(args: dict[str, Any]) -> dict[str, Any]:
     }
     (output / SUMMARY).write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _split(args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``key=value`` arguments -> (the options every task takes, the task's own); ``plugins=a`` means ``[a]``."""
+    names = {f.name for f in fields(TaskOptions)}
+    common = {k: v for k, v in args.items() if k in names}
+    if isinstance(common.get("plugins"), str):
+        common["plugins"] = [common["plugins"]]
+    return common, {k: v for k, v in args.items() if k not in names}
+
+
+def _help(args: dict[str, Any]) -> str:
+    """The options every task takes, then the named task's own (``task=NAME --help``) or the list of tasks."""
+    common, _ = _split(args)
+    REGISTRY.import_modules(list(common.get("plugins") or []))
+    sections = [("options of every task (key=value)", TaskOptions, "")]
+    task = common.get("task")
+    note = "tasks: " + ", ".join(REGISTRY.names("task")) + " (their options: vaeforge run task=NAME --help)"
+    if task:
+        plugin = REGISTRY.get("task", str(task))
+        if plugin.config is not None:
+            sections.append((f"options of task '{plugin.name}'", plugin.config, ""))
+        note = ""
+    return help_text(USAGE, ABOUT, sections, note)
 
 
 def task_result(result: Any, plugin: Any, output: Path) -> dict[str, Any]:
@@ -73,9 +114,8 @@ def task_result(result: Any, plugin: Any, output: Path) -> dict[str, Any]:
 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
-    summary = run_task(parse_overrides(sys.argv[1:] if argv is None else argv))
+    summary = run_task(read_args(argv, _help))
     print(f"{summary['task']}: wrote {summary.get('files', '?')} file(s) to {summary.get('output')}")
-
 
 if __name__ == "__main__":
     main()

@@ -7,10 +7,15 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from ..cli.args import parse_overrides, user_errors_exit
-from ..config import load_config, validate_plugin_args
+from ..cli.options import help_text, read_args
+from ..config import RunConfig, load_config, validate_options
 from ..config.fields import check_values
 from ..registry import REGISTRY, named_modules_hint
 from ..runs.layout import CONFIG_FILE, TB_DIR
+
+
+ABOUT = "Train a recipe; several processes: accelerate launch [--multi_gpu --num_processes N] -m vaeforge.train ..."
+USAGE = "vaeforge train recipe=NAME [key=value ...] | vaeforge train run_dir=DIR resume=true"
 
 
 def resolve_config(argv: list[str]):
@@ -35,15 +40,23 @@ def resolve_config(argv: list[str]):
 def check_plugins(cfg) -> None:
     """Fail early, before any data is touched, on an unknown plugin or plugin argument."""
     backbone = REGISTRY.get("backbone", cfg.model.backbone.name)
-    validate_plugin_args(backbone.config, cfg.model.backbone.args, f"backbone '{backbone.name}'")
+    validate_options(backbone.config, cfg.model.backbone.args, f"backbone '{backbone.name}'")
     for term, spec in cfg.losses.items():
         loss = REGISTRY.get("loss", spec.name)
-        validate_plugin_args(loss.config, spec.args, f"loss '{term}' ({spec.name})")
+        validate_options(loss.config, spec.args, f"loss '{term}' ({spec.name})")
+
+
+def _help(_: dict) -> str:
+    return help_text(USAGE, ABOUT, [("options (key=value: a recipe sets them, the command line overrides)", RunConfig, "")],
+                     "model.backbone.args and losses.<term>.args are the plugin's own options: docs/config.md, "
+                     "`vaeforge plugins`\nrecipes: `vaeforge recipes`")
 
 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
-    cfg = resolve_config(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    read_args(argv, _help)
+    cfg = resolve_config(argv)
     from ..data.stream import worker_death
     from .distributed import peer_failed
     from .trainer import Trainer  # heavy imports only once the config is known to be valid
