@@ -86,7 +86,7 @@ def test_damaged_or_foreign_file_is_a_data_error_naming_it(mixture, tmp_path):
 
 
 @pytest.mark.parametrize("components, covariance, expected", [
-    (0, "full", "components must be at least 1, got 0"),
+    (0, "full", "components must be >= 1, got 0"),
     (11, "full", "components=11 exceeds the 10 latents"),
     (2, "ful", "unknown covariance 'ful' (valid: diag, full; did you mean 'full'?)"),
 ])
@@ -121,7 +121,7 @@ def test_sample_task_fits_saves_and_reuses_the_mixture(trained, tmp_path):  # no
 @pytest.mark.parametrize("args, expected", [
     (["sampler=gm"], "unknown sampler 'gm' (valid: flow, flow_matching, gmm, prior; did you mean 'gmm'?)"),
     (["sampler=gmm", "prior_args.covariance=diagonal"], "unknown covariance 'diagonal' (valid: diag, full"),
-    (["sampler=gmm", "prior_args.components=0"], "components must be at least 1"),
+    (["sampler=gmm", "prior_args.components=0"], "prior 'gmm': components must be >= 1, got 0"),
     (["sampler=gmm", "prior_args.component=3"], "unknown key 'component' in prior 'gmm' (at top level: valid: "
                                                 "components, covariance; did you mean 'components'?)"),
     (["sampler=prior", "prior_args.components=3"], "sampler 'prior' (N(0, I)) takes no prior_args"),

@@ -34,7 +34,7 @@ from .cli.args import parse_overrides, user_errors_exit
 from .cli.options import help_text, read_args
 from .config import validate_options
 from .config.fields import at_least
-from .errors import ConfigError, VaeforgeError, did_you_mean
+from .errors import ConfigError, VaeforgeError, unknown_choice
 from .runs.folder import latest_state, refuse_overwrite
 
 ABOUT = "Train on a SLURM cluster: one job of nodes x processes that checkpoints and requeues itself on preemption."
@@ -86,7 +86,7 @@ def read_profile(name: str) -> dict[str, Any]:
     """A profile by name or path, as plain data."""
     path = Path(name) if name.endswith(".yaml") else available_profiles().get(name)
     if path is None or not path.is_file():
-        raise ConfigError(f"unknown slurm profile '{name}' ({did_you_mean(name, available_profiles())})")
+        raise unknown_choice("slurm profile", name, available_profiles())
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"slurm profile {path}: must be a mapping of keys to values")
@@ -107,7 +107,7 @@ def deepspeed_config_file(name: str) -> Path:
     path = Path(name) if name.endswith(".json") else shipped / f"{name}.json"
     if not path.is_file():
         choices = [p.stem for p in shipped.glob("*.json")]
-        raise ConfigError(f"unknown DeepSpeed config '{name}' ({did_you_mean(name, choices)})")
+        raise unknown_choice("DeepSpeed config", name, choices)
     return path.resolve()
 
 

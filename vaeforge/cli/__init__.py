@@ -7,7 +7,7 @@ from typing import List
 
 from .args import user_errors_exit
 from .options import help_text, read_args
-from ..errors import ConfigError, did_you_mean
+from ..errors import ConfigError, unknown_choice
 
 USAGE = """usage: vaeforge <verb> [key=value ...]   (vaeforge <verb> --help: its options)
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     verbs = _verbs()
     verb, rest = argv[0], argv[1:]
     if verb not in verbs:
-        raise ConfigError(f"unknown verb '{verb}' ({did_you_mean(verb, verbs)})")
+        raise unknown_choice("verb", verb, verbs)
     verbs[verb](rest)
 
 

@@ -29,16 +29,6 @@ def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def take(args: dict[str, Any], valid: dict[str, Any], what: str) -> dict[str, Any]:
-    """Check that ``args`` only has keys of ``valid`` (name -> default) and fill in the defaults."""
-    from ..errors import did_you_mean
-
-    for key in args:
-        if key not in valid:
-            raise ConfigError(f"unknown {what} option '{key}' ({did_you_mean(key, valid)})")
-    return {**valid, **args}
-
-
 def user_errors_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Run an entry point; a :class:`VaeforgeError` becomes one line on stderr and exit status 2."""
 

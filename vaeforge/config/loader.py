@@ -10,7 +10,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..errors import ConfigError, PluginError, did_you_mean
+from ..errors import ConfigError, PluginError, did_you_mean, unknown_choice
 from .fields import check_values
 from .schema import RunConfig
 
@@ -39,7 +39,7 @@ def _recipe_path(name: str) -> Path:
         return path
     recipes = available_recipes()
     if name not in recipes:
-        raise ConfigError(f"unknown recipe '{name}' ({did_you_mean(name, recipes)})")
+        raise unknown_choice("recipe", name, recipes)
     return recipes[name]
 
 

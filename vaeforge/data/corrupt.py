@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ConfigError, did_you_mean
+from ..errors import ConfigError, unknown_choice
 
 KINDS = ("none", "gaussian", "salt_pepper", "jpeg", "mask")
 
@@ -40,7 +40,7 @@ def parse_spec(spec: str) -> CorruptionConfig:
 
 def check(cfg: CorruptionConfig) -> None:
     if cfg.kind not in KINDS:
-        raise ConfigError(f"unknown corruption '{cfg.kind}' ({did_you_mean(cfg.kind, KINDS)})")
+        raise unknown_choice("corruption", cfg.kind, KINDS)
     if len(cfg.strength) != 2 or cfg.strength[0] > cfg.strength[1]:
         raise ConfigError(f"corruption strength must be [low, high] with low <= high, got {list(cfg.strength)}")
 

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError, unknown_choice
 
 ENV_WEIGHTS = "VAEFORGE_LPIPS_WEIGHTS"  # a folder holding lpips_alexnet.safetensors / lpips_vgg16.safetensors
 SHIFT = (-0.030, -0.088, -0.188)  # the LPIPS scaling layer, applied to inputs in [-1, 1]
@@ -55,7 +55,7 @@ NETS = {
 
 def _check_net(net: str) -> TrunkSpec:
     if net not in NETS:
-        raise ConfigError(f"unknown LPIPS net '{net}' (valid: {', '.join(NETS)})")
+        raise unknown_choice("LPIPS net", net, NETS)
     return NETS[net]
 
 

@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..data.splits import chunks, iter_split
-from ..errors import CheckpointError, ConfigError, did_you_mean, unknown_choice
+from ..errors import CheckpointError, ConfigError, unknown_choice
 from ..models.prior import FittedPrior
 from ..models.vae import VAE, ImageSpec, build_model
 from ..registry import REGISTRY, named_modules_hint
@@ -34,7 +34,7 @@ def interpolate_latents(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor, mode:
     ``a`` and ``t=1`` gives ``b`` exactly. ``slerp`` follows the arc between them, which keeps intermediate
     latents near the radius where a Gaussian prior's mass is instead of cutting through the low-norm middle."""
     if mode not in MODES:
-        raise ConfigError(f"unknown interpolation mode '{mode}' ({did_you_mean(mode, MODES)})")
+        raise unknown_choice("interpolation mode", mode, MODES)
     a, b, t = a.unsqueeze(1), b.unsqueeze(1), t.to(a).view(1, -1, 1)
     if mode == "linear":
         return (1 - t) * a + t * b

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..data.splits import TRAIN
-from ..errors import ConfigError, did_you_mean
+from ..errors import ConfigError, unknown_choice
 from ..models.prior import FittedPrior, fit_prior, load_prior, prior_options
 from ..registry import REGISTRY
 
@@ -46,7 +46,7 @@ def check_sampler(name: str) -> None:
     """A ConfigError naming the valid samplers for an unknown one."""
     names = sampler_names()
     if name not in names:
-        raise ConfigError(f"unknown sampler '{name}' ({did_you_mean(name, names)})")
+        raise unknown_choice("sampler", name, names)
 
 
 def prior_path(run_dir: Path, name: str, options: dict[str, Any], train_limit: int) -> Path:

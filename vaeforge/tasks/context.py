@@ -11,7 +11,7 @@ import torch
 
 from .attributes import VECTORS_DIR, AttributeVector, direction, posterior_means
 from ..data.splits import TRAIN, VAL, Sample, chunks, iter_split, read_split  # noqa: F401  (read_split: re-exported)
-from ..errors import ConfigError, DataError, did_you_mean
+from ..errors import DataError, unknown_choice
 from .image_files import load_inputs, save_grid, save_png
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ class TaskContext:
         """``binary`` or ``real``; an unknown column is a ConfigError listing the available ones."""
         columns = self.label_columns()
         if column not in columns:
-            raise ConfigError(f"unknown attribute '{column}' ({did_you_mean(column, columns)})")
+            raise unknown_choice("attribute", column, columns)
         return str(columns[column]["kind"])
 
     def labelled(self, split: str, column: str, limit: int = 0, batch_size: int = 64) -> Iterator[LabelledBatch]:

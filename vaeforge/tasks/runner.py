@@ -31,7 +31,7 @@ class TaskOptions:
 
     task: str = MISSING  # a registered task (`vaeforge plugins`)
     run_dir: str = MISSING  # a training run folder
-    input: Optional[str] = None  # val, train, an image file or a folder of images (for tasks that read faces)
+    input: Any = None  # val, train, an image file, a folder of images or a list of files (tasks that read faces)
     output: Optional[str] = None  # output folder; default: <run_dir>/tasks/<task>
     seed: int = 0  # same seed, same output
     checkpoint: Optional[str] = None  # a checkpoint folder of the run; default: the newest complete one
@@ -51,8 +51,8 @@ def run_task(args: dict[str, Any]) -> dict[str, Any]:
     opts: TaskOptions = validate_options(TaskOptions, common, "run")
     REGISTRY.import_modules(opts.plugins)
     plugin = REGISTRY.get("task", opts.task)
-    model = load(opts.run_dir, opts.checkpoint, opts.weights, opts.device, opts.plugins)
     cfg = validate_options(plugin.config, options, f"task '{plugin.name}'")
+    model = load(opts.run_dir, opts.checkpoint, opts.weights, opts.device, opts.plugins)
     output = Path(opts.output or Path(opts.run_dir) / TASKS_DIR / plugin.name)
     output.mkdir(parents=True, exist_ok=True)
     ctx = TaskContext(model, output, opts.seed, opts.input, opts.limit)

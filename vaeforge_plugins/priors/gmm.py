@@ -10,15 +10,15 @@ from dataclasses import dataclass
 
 import torch
 
-from vaeforge.api import ConfigError, FitProgress, LatentPrior, did_you_mean, register_prior
+from vaeforge.api import ConfigError, FitProgress, LatentPrior, at_least, choice, register_prior, unknown_choice
 
 COVARIANCES = ("full", "diag")
 
 
 @dataclass
 class GMMConfig:
-    components: int = 10  # mixture components
-    covariance: str = "full"  # full | diag
+    components: int = at_least(1, 10)  # mixture components
+    covariance: str = choice("full", COVARIANCES)  # full covariance matrices or diagonal ones
 
 
 @register_prior("gmm", config=GMMConfig)
@@ -28,9 +28,9 @@ class GaussianMixture(LatentPrior):
     def __init__(self, cfg: GMMConfig, shape: tuple[int, ...]) -> None:
         super().__init__(cfg, shape)
         if cfg.components < 1:
-            raise ConfigError(f"components must be at least 1, got {cfg.components}")
+            raise ConfigError(f"components must be >= 1, got {cfg.components}")
         if cfg.covariance not in COVARIANCES:
-            raise ConfigError(f"unknown covariance '{cfg.covariance}' ({did_you_mean(cfg.covariance, COVARIANCES)})")
+            raise unknown_choice("covariance", cfg.covariance, COVARIANCES)
         k, (d,) = cfg.components, shape
         self.register_buffer("weights", torch.full((k,), 1.0 / k))
         self.register_buffer("means", torch.zeros(k, d))

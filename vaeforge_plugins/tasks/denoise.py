@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from vaeforge.api import TaskContext, corrupt, describe_corruption, parse_corruption, psnr, register_task
+from vaeforge.api import TaskContext, at_least, corrupt, describe_corruption, parse_corruption, psnr, register_task
 
 NO_REFERENCE = "noise=none: inputs taken as already noisy, no clean reference to score against"
 
@@ -21,7 +21,7 @@ NO_REFERENCE = "noise=none: inputs taken as already noisy, no clean reference to
 @dataclass
 class DenoiseConfig:
     noise: str = "gaussian:0.2"  # corruption applied to the clean inputs; none: the inputs are already noisy
-    grid_columns: int = 4  # images per grid row (each as clean, noisy, denoised)
+    grid_columns: int = at_least(1, 4)  # images per grid row (each as clean, noisy, denoised)
 
 
 def _psnr(names: list[str], images: torch.Tensor, clean: torch.Tensor) -> tuple[dict[str, float], float]:

@@ -31,7 +31,7 @@ from torch import nn
 
 from vaeforge.api import (LPIPS, STANDARD_NORMAL, TRAIN, VAL, AttributeClassifier, ConfigError, DataError, TaskContext,
                           active_units, find_lpips_weights, frechet_distance, has_attribute, kl_per_dim, psnr,
-                          register_task, check_sampler, ssim)
+                          register_task, check_sampler, ssim, at_least)
 
 BATCH = 128
 INCEPTION_SIZE = 299
@@ -41,7 +41,7 @@ NO_FID = ("FID not computed: no InceptionV3 weights given (inception_weights=<to
 
 @dataclass
 class EvaluateConfig:
-    samples: int = 500  # samples of each sampler compared with the val images
+    samples: int = at_least(2, 500)  # samples of each sampler compared with the val images (a covariance needs two)
     temperature: float = 1.0
     samplers: list[str] = field(default_factory=lambda: ["prior", "gmm", "flow", "flow_matching"])  # scored: fd_alexnet (prior = N(0, I)), fd_alexnet_<name>
     prior_args: dict[str, Any] = field(default_factory=dict)  # options per prior plugin, e.g. prior_args.gmm.components=3
@@ -223,8 +223,6 @@ def edit_metrics(ctx: TaskContext, cfg: EvaluateConfig, lpips: LPIPS, val: list)
 def evaluate(ctx: TaskContext, cfg: EvaluateConfig) -> dict:
     if ctx.input not in (None, VAL):
         raise ConfigError(f"evaluate runs on the val split; drop input={ctx.input} (limit= takes fewer images)")
-    if cfg.samples < 2:
-        raise ConfigError("evaluate: samples must be at least 2 (a covariance needs two)")
     for name in cfg.samplers:
         check_sampler(name)
     for name in set(cfg.prior_args).difference(cfg.samplers):

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from vaeforge.api import DataError, TaskContext, register_task
+from vaeforge.api import DataError, TaskContext, at_least, choice, register_task
 
 
 @dataclass
 class InterpolateConfig:
-    steps: int = 8  # steps between the two endpoints: steps + 1 frames a pair
-    mode: str = "linear"  # linear | slerp
+    steps: int = at_least(1, 8)  # steps between the two endpoints: steps + 1 frames a pair
+    mode: str = choice("linear", ("linear", "slerp"))  # a straight line between the latents or the arc (slerp)
     mix: list[float] = field(default_factory=list)  # weights of a face mix of the first len(mix) inputs ([]: none)
 
 

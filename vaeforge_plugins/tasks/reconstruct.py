@@ -7,13 +7,13 @@ from pathlib import Path
 
 import torch
 
-from vaeforge.api import TaskContext, psnr, register_task
+from vaeforge.api import TaskContext, at_least, psnr, register_task
 
 
 @dataclass
 class ReconstructConfig:
     sample: bool = False  # decode a posterior sample instead of the mean
-    grid_columns: int = 8  # input/reconstruction pairs per grid row
+    grid_columns: int = at_least(1, 8)  # input/reconstruction pairs per grid row
 
 
 @register_task("reconstruct", config=ReconstructConfig)

@@ -11,24 +11,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vaeforge.api import DEFAULT_SAMPLER, ConfigError, TaskContext, register_task
+from vaeforge.api import DEFAULT_SAMPLER, TaskContext, at_least, register_task
 
 
 @dataclass
 class SampleConfig:
-    n: int = 64
-    temperature: float = 1.0
-    grid_columns: int = 8
+    n: int = at_least(1, 64)  # faces sampled
+    temperature: float = at_least(0, 1.0)  # scales the sampler's spread: below 1 trades variety for typical faces
+    grid_columns: int = at_least(1, 8)  # faces per grid row
     save_each: bool = False  # also one PNG per sample
     sampler: str = DEFAULT_SAMPLER  # prior (N(0, I)) or a prior plugin fitted on the training posterior means: gmm, flow, flow_matching, ...
     prior_args: dict[str, Any] = field(default_factory=dict)  # the prior plugin's options, e.g. prior_args.components=4
-    train_limit: int = 0  # training images the prior is fitted on (0: all)
+    train_limit: int = at_least(0, 0)  # training images the prior is fitted on (0: all)
 
 
 @register_task("sample", config=SampleConfig)
 def sample(ctx: TaskContext, cfg: SampleConfig) -> dict:
-    if cfg.n < 1:
-        raise ConfigError("sample: n must be at least 1")
     sampler = ctx.model.sampler(cfg.sampler, cfg.prior_args, cfg.train_limit)
     images = ctx.model.decode(sampler.sample(cfg.n, ctx.generator(), cfg.temperature)).cpu()
     ctx.save_grid("grid.png", images, nrow=cfg.grid_columns)
