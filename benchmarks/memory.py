@@ -7,12 +7,13 @@ covers its loader workers only if they outgrow it).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from common import recipe_parser
 
 TASKS = [
     ["task=reconstruct", "input=val", "limit=64"],
@@ -35,9 +36,7 @@ def peak_rss_mb(cmd: list[str], env: dict[str, str] | None = None) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--recipe", default="lfw_unet")
+    parser = recipe_parser(__doc__)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()

@@ -24,6 +24,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bare_step import BareStep
+from common import recipe_parser
 from memory import peak_rss_mb
 from vaeforge.config import load_config
 from vaeforge.data.stream import eval_batches
@@ -154,9 +155,7 @@ def interleaved(args: argparse.Namespace) -> dict[str, list[float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--recipe", default="lfw_unet")
+    parser = recipe_parser(__doc__)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)

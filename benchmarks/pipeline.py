@@ -9,13 +9,13 @@
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import torch
 
 from bare_step import BareStep
+from common import recipe_parser
 from vaeforge.config import load_config
 from vaeforge.data.stream import StreamSpec, train_loader
 from vaeforge.data.manifest import read_manifest, shard_paths
@@ -42,9 +42,7 @@ def step_seconds(cfg, size: int, batch: int, steps: int = 5) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--recipe", default="lfw_unet")
+    parser = recipe_parser(__doc__)
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

@@ -54,8 +54,8 @@ def ssim(x: torch.Tensor, y: torch.Tensor, size: int = 11, sigma: float = 1.5) -
 
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
-    """Run LAPACK on one thread: MKL's multi-threaded eigh on a few-hundred-dim matrix was measured 400x slower
-    (3 s vs 7 ms) on a 2-core machine."""
+    """Run LAPACK on one thread: MKL's multi-threaded eigh on a few-hundred-dim matrix is far slower than a single
+    thread on a small machine (docs/benchmarks.md#measurements-behind-the-code)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -2,8 +2,8 @@
 
 Output (read by the streaming loader): ``train-000000.tar``..., ``val-000000.tar``... with samples
 ``<key>.npy`` (cropped, resized RGB pixels, uint8 ``[H, W, 3]``) and ``<key>.json`` ({identity, file, labels}),
-and ``manifest.json``. Pixels are stored raw, not as PNG: decoding a 64x64 PNG costs ~5x as much CPU as reading
-an .npy array, and on a CPU the loader shares the cores with training (the shards are ~50% larger).
+and ``manifest.json``. Pixels are stored raw, not as PNG: decoding a PNG costs several times as much CPU as
+reading an .npy array, and on a CPU the loader shares the cores with training (the price: larger shards).
 """
 from __future__ import annotations
 

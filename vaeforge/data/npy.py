@@ -1,7 +1,7 @@
 """Read a sample's ``.npy`` bytes fast and safely.
 
-``np.load`` parses each file's header (a Python literal, through ``ast``) anew: for the 64x64 samples of a
-shard, all with the same header, that was a quarter of the loader's time. Here a header is parsed once by
+``np.load`` parses each file's header (a Python literal, through ``ast``) anew: for small samples that all share
+one header, a large share of the loader's time. Here a header is parsed once by
 numpy's own reader and remembered; the array is then copied straight out of the bytes. Object arrays
 (pickles) are refused.
 """

@@ -1,7 +1,7 @@
 """Shards' tar members, read sequentially and fast, for webdataset's sample pipeline.
 
-webdataset expands shards with Python's ``tarfile``, which parses every field of every header: ~20 us per
-member, two members per LFW sample, more than decoding the sample's pixels. Shards are plain tar streams
+webdataset expands shards with Python's ``tarfile``, which parses every field of every header: for two members
+per LFW sample that costs more than decoding the sample's pixels. Shards are plain tar streams
 (ustar, with pax or GNU long-name records for long names), so a member needs only its name, size, type and
 header checksum. A short read, a missing end-of-archive block or a bad checksum is an error here (``tarfile``
 in stream mode silently ends the shard at a damaged or missing header, losing the rest without a word).

@@ -15,7 +15,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -108,6 +108,23 @@ class Standardizer(nn.Module):
 def standard_normal_log_prob(x: torch.Tensor) -> torch.Tensor:
     """log N(x; 0, I) per row of ``x`` ``[N, D]``."""
     return -0.5 * (x.square().sum(1) + x.shape[1] * math.log(2 * math.pi))
+
+
+def minimize(parameters: Iterable[nn.Parameter], batch_loss: Callable[[], torch.Tensor], progress: FitProgress,
+             steps: int, lr: float, weight_decay: float = 0.0, report_as: str = "loss") -> None:
+    """Train ``parameters`` for ``steps`` AdamW steps on ``batch_loss()`` (called once per step: it draws its own
+    minibatch) with a cosine learning-rate decay from ``lr``, showing the loss as ``report_as`` every 50 steps.
+    The fit loop of trained priors, so that each states only its loss."""
+    opt = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for step in progress.steps(steps):
+        loss = batch_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        schedule.step()
+        if step % 50 == 0:
+            progress.report(**{report_as: loss.item()})
 
 
 @dataclass

@@ -49,8 +49,8 @@ class Launch:
 
 def native_bf16() -> bool:
     """Whether this machine's training device computes bf16 in its fast kernels. A CPU without AVX-512 (or
-    Arm's bf16) has no oneDNN bf16 path: PyTorch's autocast then runs convolutions in a reference kernel, ~20x
-    slower than fp32 (measured on an AVX2 EPYC: lfw_unet at 3.7 against 75 images/s)."""
+    Arm's bf16) has no oneDNN bf16 path: PyTorch's autocast then runs convolutions in a reference kernel, far
+    slower than fp32 (docs/benchmarks.md#measurements-behind-the-code)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

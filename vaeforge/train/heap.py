@@ -22,10 +22,10 @@ _NEVER_TRIM = 2**31 - 1  # mallopt takes an int
 def frozen_heap():
     """Exempt every object alive now from the garbage collector's full passes while the block runs.
 
-    After set-up a training process holds ~400k long-lived Python objects (torch, accelerate, plugins). The
-    autograd's per-step allocations trigger a full collection every ~20 steps, each walking all of them (~0.1 s
-    on a CPU, several % of training time); frozen, they are skipped. Loader workers forked inside the block
-    inherit the frozen heap, so their collections skip it too (and do not copy its pages).
+    After set-up a training process holds hundreds of thousands of long-lived Python objects (torch, accelerate,
+    plugins). The autograd's per-step allocations trigger full collections that walk all of them, a noticeable
+    share of training time; frozen, they are skipped. Loader workers forked inside the block inherit the frozen
+    heap, so their collections skip it too (and do not copy its pages).
     """
     gc.collect()
     gc.freeze()
@@ -40,9 +40,9 @@ def retain_freed_memory() -> bool:
 
     By default glibc serves blocks above an adaptive threshold (128 KiB at first) with their own mappings and
     trims the top of the heap once more than twice that is free. A training step frees and reallocates the same
-    activation buffers every step, so each step can map, fault in and zero thousands of fresh pages (measured:
-    300-3,400 page faults per step of lfw_unet, varying from process to process with the heap's history). With
-    blocks up to 32 MiB served from the heap and no trimming, the buffers are reused: about 10 faults per step.
+    activation buffers every step, so each step can map, fault in and zero thousands of fresh pages (how many
+    varies from process to process with the heap's history). With blocks up to 32 MiB served from the heap and no
+    trimming, the buffers are reused and a step hardly faults (docs/benchmarks.md#measurements-behind-the-code).
     The cost is that the process keeps its peak heap, which a training loop reaches in its first step anyway.
     The setting lasts for the process (and loader workers forked from it).
     """

@@ -50,7 +50,7 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig, callbacks: list[Callback] | None = None) -> None:
         self.cfg = cfg  # as resolved: saved into the run folder
-        self.opts: RunConfig = OmegaConf.to_object(cfg)  # typed copy the engine reads (a DictConfig read: ~10 us)
+        self.opts: RunConfig = OmegaConf.to_object(cfg)  # typed copy the engine reads (DictConfig reads are slow)
         self._check(self.opts)
         t = self.opts.trainer
         launch = dist.Launch.from_env()
@@ -90,7 +90,7 @@ class Trainer:
         if self.zero_stage is not None:
             dist.fill_deepspeed_config(self.acc, self.opts)
         model, optimizer = self.acc.prepare(module, optimizer)
-        self.live: TrainModule = self.acc.unwrap_model(model)  # unwrapping costs ~6 ms: once, not per step
+        self.live: TrainModule = self.acc.unwrap_model(model)  # unwrapping is slow: once, not per step
         self.input_dtype = next(model.parameters()).dtype  # DeepSpeed bf16/fp16 casts the weights: inputs follow
         main = ModelGroup(self.acc, model, optimizer, o.grad_clip, self.zero_stage, o.lr)
         losses = self.live.losses

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vaeforge.api import (ConfigError, FitProgress, LatentPrior, Standardizer, register_prior,
+from vaeforge.api import (ConfigError, FitProgress, LatentPrior, Standardizer, minimize, register_prior,
                           standard_normal_log_prob)
 
 
@@ -82,18 +82,14 @@ class RealNVP(LatentPrior):
         """Maximum likelihood on random minibatches of the latents."""
         cfg = self.cfg
         self.standardize.fit(latents)
-        self.train()
-        opt = torch.optim.AdamW(self.couplings.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
-        for step in progress.steps(cfg.steps):
+
+        def nll_per_dim() -> torch.Tensor:
             batch = latents[torch.randint(len(latents), (cfg.batch_size,), generator=generator)]
-            loss = -self.log_prob(batch).mean() / latents.shape[1]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            schedule.step()
-            if step % 50 == 0:
-                progress.report(nll_per_dim=loss.item())
+            return -self.log_prob(batch).mean() / latents.shape[1]
+
+        self.train()
+        minimize(self.couplings.parameters(), nll_per_dim, progress, cfg.steps, cfg.lr, cfg.weight_decay,
+                 report_as="nll_per_dim")
         self.eval()
 
     def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:

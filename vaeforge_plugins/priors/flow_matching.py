@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vaeforge.api import ConfigError, FitProgress, LatentPrior, Standardizer, register_prior
+from vaeforge.api import ConfigError, FitProgress, LatentPrior, Standardizer, minimize, register_prior
 
 
 @dataclass
@@ -78,21 +78,16 @@ class FlowMatching(LatentPrior):
         cfg = self.cfg
         self.standardize.fit(latents)
         data = self.standardize(latents)
-        self.train()
-        opt = torch.optim.AdamW(self.velocity.parameters(), lr=cfg.lr, weight_decay=0.0)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
-        for step in progress.steps(cfg.steps):
+
+        def velocity_error() -> torch.Tensor:
             x1 = data[torch.randint(len(data), (cfg.batch_size,), generator=generator)]
             x0 = torch.randn(x1.shape, generator=generator)
             t = torch.rand(cfg.batch_size, generator=generator)
             xt = x0 + t[:, None] * (x1 - x0)
-            loss = (self.velocity(xt, t) - (x1 - x0)).square().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            schedule.step()
-            if step % 50 == 0:
-                progress.report(loss=loss.item())
+            return (self.velocity(xt, t) - (x1 - x0)).square().mean()
+
+        self.train()
+        minimize(self.velocity.parameters(), velocity_error, progress, cfg.steps, cfg.lr)
         self.eval()
 
     def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:

@@ -13,8 +13,7 @@
   each edit: mean P, its change from the reconstruction, and the LPIPS between edit and reconstruction (how much
   of the face is kept). The classifier learns from each training photo AND its reconstruction by the model, with
   the same label: edits are decoder outputs, and a classifier that has only seen sharp photos reacts to a small
-  VAE's blur more than to the attribute (measured: P(happiness) 0.32 on neutral photos, 0.62 on their
-  reconstructions; with both in training, 0.35 and 0.37 at the same accuracy on photos).
+  VAE's blur more than to the attribute (docs/benchmarks.md#measurements-behind-the-code).
 """
 from __future__ import annotations
 
