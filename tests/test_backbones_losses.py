@@ -45,8 +45,8 @@ def output(logits: torch.Tensor, latent: int = 4, mu_shift: float = 0.0) -> VAEO
 
 
 @pytest.fixture(scope="module")
-def alex_weights(shared_dir: Path) -> Path:
-    return shared_dir / "weights" / "lpips_alexnet.safetensors"
+def alex_weights(lpips_weights: Path) -> Path:
+    return lpips_weights / "lpips_alexnet.safetensors"
 
 
 # ----- backbones -----------------------------------------------------------------------------------------------
@@ -205,7 +205,7 @@ def test_a_term_with_weight_zero_is_switched_off(tmp_path, monkeypatch):
 
 # ----- recipes and real trainings ------------------------------------------------------------------------------
 @pytest.mark.parametrize("recipe, size", [("lfw_resnet", 64), ("lfw_unet_nll", 64), ("lfw_unet_128", 128)])
-def test_recipes_build(recipe, size):
+def test_recipes_build(recipe, size, lpips_weights):  # their perceptual term loads the shared weights
     cfg = load_config({"recipe": recipe})
     vae = build_model(cfg.model, ImageSpec(size))
     LossSet(cfg.losses)
