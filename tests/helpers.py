@@ -41,6 +41,10 @@ def train(*overrides: str, **kw) -> subprocess.CompletedProcess:
     return run([PY, "-m", "vaeforge.train", *overrides], **kw)
 
 
+def task(*args: str, **kw) -> subprocess.CompletedProcess:
+    return run([PY, "-m", "vaeforge.run", *args], **kw)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
