@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import io
 import os
+import shutil
 import tarfile
 import threading
 import urllib.parse
@@ -81,13 +82,19 @@ def lfw64(lfw_tgz: Path, labels_dir: Path, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture(scope="session")
 def trained_run(lfw64: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny lfw_unet trained 10 steps on the real shards, shared by the task and plugin tests (they write only
-    task outputs and fitted samplers into it)."""
-    from helpers import TINY, train
+    """A tiny lfw_unet trained TRAINED_STEPS steps on the real shards, shared by the task, prior and plugin tests
+    (they write only task outputs and fitted samplers into it); tests that damage or resume it take a copy."""
+    from helpers import TINY, TRAINED_STEPS, train
 
     run_dir = tmp_path_factory.mktemp("trained_run") / "run"
-    train(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", "trainer.max_steps=10")
+    train(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", f"trainer.max_steps={TRAINED_STEPS}")
     return run_dir
+
+
+@pytest.fixture()
+def trained_copy(trained_run: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the session's trained run, to damage or train on without training one again."""
+    return Path(shutil.copytree(trained_run, tmp_path / "trained_copy"))
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ TINY_RUN = [
     "trainer.progress=false",
 ]
 TINY = [*TINY_RUN, "model.backbone.args.widths=[8,16,32]"]
+TRAINED_STEPS = 10  # conftest's trained_run: TINY trained this many steps, its one checkpoint at the last
 
 
 def env(**extra: str) -> dict[str, str]:
