@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up the environment and run the whole test suite on CPU (real LFW from ../shared, real processes).
+# Set up the environment and run the whole test suite on CPU (real LFW from ../shared, real processes); arguments go
+# to pytest: -m "not integration" runs the unit tier alone, which needs no ../shared (docs/testing.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -1,9 +1,11 @@
-"""Shared fixtures: the real LFW data beside the repo, a prepared 64x64 copy, small archives, a local HTTP server."""
+"""Shared fixtures: the real LFW data beside the repo, a prepared 64x64 copy, small archives, a local HTTP server;
+and the two tiers: a test using the real data is marked ``integration``, the rest is the unit tier."""
 from __future__ import annotations
 
 import http.server
 import io
 import os
+import shutil
 import tarfile
 import threading
 import urllib.parse
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from vaeforge.data.build import prepare
+from vaeforge.models.lpips import ENV_WEIGHTS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEVTRAIN_TGZ = "lfw-deepfunneled-devtrain.tgz"
@@ -21,19 +24,32 @@ SMALL_IMAGES = 40  # the first images of the real archive, for fast small-archiv
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """The shared real-data folder (``../shared`` or ``$VAEFORGE_SHARED``); its absence is a failure, not a skip."""
+def shared_dir() -> Iterator[Path]:
+    """The shared real-data folder (``../shared`` or ``$VAEFORGE_SHARED``); its absence is a failure, not a skip.
+
+    While it is in use, ``VAEFORGE_LPIPS_WEIGHTS`` points at its LPIPS weights (unless already set), as a user
+    would point it: the shipped recipes train with an LPIPS term (tests that need no weights delete it with
+    monkeypatch). The unit tier uses no shared data, so it runs without either."""
     path = Path(os.environ.get("VAEFORGE_SHARED", REPO_ROOT.parent / "shared"))
     if not (path / "data" / "lfw" / DEVTRAIN_TGZ).is_file():
         pytest.fail(f"real LFW data not found under {path} (set VAEFORGE_SHARED to the shared folder)")
-    return path
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ENV_WEIGHTS, os.environ.get(ENV_WEIGHTS, str(path / "weights")))
+        yield path
 
 
-@pytest.fixture(scope="session", autouse=True)
-def lpips_weights_found(shared_dir: Path) -> None:
-    """The shipped recipes train with an LPIPS term: point vaeforge at the shared weights, as a user would with
-    ``VAEFORGE_LPIPS_WEIGHTS`` (tests that need no weights delete it with monkeypatch)."""
-    os.environ.setdefault("VAEFORGE_LPIPS_WEIGHTS", str(shared_dir / "weights"))
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses the shared data (through any fixture) ``integration``: the unit tier,
+    ``-m "not integration"``, is then exactly what runs without ``../shared``."""
+    for item in items:
+        if "shared_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def lpips_weights(shared_dir: Path) -> Path:
+    """The folder with the shared LPIPS weights (``lpips_alexnet.safetensors``, ``lpips_vgg16.safetensors``)."""
+    return shared_dir / "weights"
 
 
 @pytest.fixture(scope="session")
@@ -66,13 +82,19 @@ def lfw64(lfw_tgz: Path, labels_dir: Path, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture(scope="session")
 def trained_run(lfw64: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny lfw_unet trained 10 steps on the real shards, shared by the task and plugin tests (they write only
-    task outputs and fitted samplers into it)."""
-    from helpers import TINY, train
+    """A tiny lfw_unet trained TRAINED_STEPS steps on the real shards, shared by the task, prior and plugin tests
+    (they write only task outputs and fitted samplers into it); tests that damage or resume it take a copy."""
+    from helpers import TINY, TRAINED_STEPS, train
 
     run_dir = tmp_path_factory.mktemp("trained_run") / "run"
-    train(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", "trainer.max_steps=10")
+    train(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", f"trainer.max_steps={TRAINED_STEPS}")
     return run_dir
+
+
+@pytest.fixture()
+def trained_copy(trained_run: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the session's trained run, to damage or train on without training one again."""
+    return Path(shutil.copytree(trained_run, tmp_path / "trained_copy"))
 
 
 @pytest.fixture(scope="session")

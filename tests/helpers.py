@@ -22,6 +22,7 @@ TINY_RUN = [
     "trainer.progress=false",
 ]
 TINY = [*TINY_RUN, "model.backbone.args.widths=[8,16,32]"]
+TRAINED_STEPS = 10  # conftest's trained_run: TINY trained this many steps, its one checkpoint at the last
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -39,6 +40,10 @@ def run(args: list[str], timeout: float = 600, check: bool = True, **kw) -> subp
 
 def train(*overrides: str, **kw) -> subprocess.CompletedProcess:
     return run([PY, "-m", "vaeforge.train", *overrides], **kw)
+
+
+def task(*args: str, **kw) -> subprocess.CompletedProcess:
+    return run([PY, "-m", "vaeforge.run", *args], **kw)
 
 
 def free_port() -> int:

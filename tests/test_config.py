@@ -1,12 +1,17 @@
 """Recipes, overrides and the typed schema: valid configs resolve, every mistake is one clear line."""
 from __future__ import annotations
 
+import contextlib
+import io
+from collections.abc import Callable
+
 import pytest
 from omegaconf import OmegaConf
 
 from helpers import PY, run
 from vaeforge.config import available_recipes, load_config, save_config
 from vaeforge.errors import ConfigError
+from vaeforge.train.__main__ import main as train_main
 
 
 def test_recipes_resolve_with_overrides():
@@ -46,6 +51,22 @@ def test_config_errors(args, expected):
     assert expected in str(err.value)
 
 
+def train_in_process(args: list[str]) -> tuple[int, str]:
+    """The training entry point called in this process (fast, the unit tier): its exit status and stderr."""
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as exit_:
+        train_main(args)
+    return exit_.value.code, stderr.getvalue()
+
+
+def train_process(args: list[str]) -> tuple[int, str]:
+    """``python -m vaeforge.train`` as a user runs it: its exit status and stderr."""
+    proc = run([PY, "-m", "vaeforge.train", *args], check=False)
+    return proc.returncode, proc.stderr
+
+
+@pytest.mark.parametrize("launch", [train_in_process, pytest.param(train_process, marks=pytest.mark.integration)],
+                         ids=["in_process", "process"])
 @pytest.mark.parametrize("override, expected", [
     ("recipe=lfw_unte", "did you mean 'lfw_unet'?"),
     ("model.backbone.name=unett", "unknown backbone plugin 'unett' (valid: mlp, resnet, unet; did you mean 'unet'?)"),
@@ -70,13 +91,14 @@ def test_config_errors(args, expected):
     ("losses.kl.args.beta=-1", "loss 'kl' (kl): beta must be >= 0, got -1"),
     ("losses.recon.args.kind=ms", "loss 'recon' (recon): unknown kind 'ms' (valid: bce, gaussian_nll, l1, mse; did you"),
 ])
-def test_train_cli_rejects_bad_input_in_one_line(override, expected):
+def test_train_cli_rejects_bad_input_in_one_line(override: str, expected: str,
+                                                 launch: Callable[[list[str]], tuple[int, str]]):
     args = [override] if override.startswith("recipe=") else ["recipe=lfw_unet", override]
-    proc = run([PY, "-m", "vaeforge.train", *args], check=False)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith("vaeforge: error:") and expected in lines[-1], proc.stderr
-    assert "Traceback" not in proc.stderr
+    code, stderr = launch(args)
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert lines[-1].startswith("vaeforge: error:") and expected in lines[-1], stderr
+    assert "Traceback" not in stderr
 
 
 def test_replacing_a_plugin_drops_the_recipe_args_of_the_old_one():

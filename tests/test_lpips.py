@@ -25,11 +25,6 @@ FILES = {net: spec.file for net, spec in NETS.items()}
 
 
 @pytest.fixture(scope="module")
-def weights_dir(shared_dir: Path) -> Path:
-    return shared_dir / "weights"
-
-
-@pytest.fixture(scope="module")
 def faces(lfw_members) -> torch.Tensor:
     """Four real LFW faces (of different people), centre 160 px resized to 64x64, in [0, 1]."""
     images = []
@@ -66,8 +61,8 @@ def reference_lpips(net: str, weights: Path):
 
 
 @pytest.mark.parametrize("net", ["alex", "vgg"])
-def test_lpips_equals_the_reference_implementation_on_real_faces(net, weights_dir, faces):
-    weights = weights_dir / FILES[net]
+def test_lpips_equals_the_reference_implementation_on_real_faces(net, lpips_weights, faces):
+    weights = lpips_weights / FILES[net]
     ref = reference_lpips(net, weights)
     heads = load_file(str(weights))
     for i in range(5):  # the shared file's heads are the LPIPS project's own v0.1 heads
@@ -86,8 +81,8 @@ def test_lpips_equals_the_reference_implementation_on_real_faces(net, weights_di
     assert 0 < d[0] < d[1] < d[2]
 
 
-def test_lpips_properties_and_gradient(weights_dir, faces):
-    lp = LPIPS("alex", weights_dir / FILES["alex"])
+def test_lpips_properties_and_gradient(lpips_weights, faces):
+    lp = LPIPS("alex", lpips_weights / FILES["alex"])
     assert all(not p.requires_grad for p in lp.parameters())
     y = distortions(faces)["noise"]
     assert float(lp(faces, faces).abs().max()) < 1e-6
@@ -103,17 +98,17 @@ def test_lpips_properties_and_gradient(weights_dir, faces):
     assert [f.shape[1] for f in feats] == [64, 192, 384, 256, 256] and all(float(f.min()) >= 0 for f in feats)
 
 
-def test_find_lpips_weights_order_and_errors(weights_dir, tmp_path, monkeypatch):
+def test_find_lpips_weights_order_and_errors(lpips_weights, tmp_path, monkeypatch):
     monkeypatch.delenv(ENV_WEIGHTS, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with pytest.raises(DataError, match="pass the file .*no safetensors copy can be downloaded"):
         find_lpips_weights("alex")
     cached = tmp_path / "cache" / "vaeforge" / FILES["alex"]
     cached.parent.mkdir(parents=True)
-    cached.symlink_to(weights_dir / FILES["alex"])
+    cached.symlink_to(lpips_weights / FILES["alex"])
     assert find_lpips_weights("alex") == cached
-    monkeypatch.setenv(ENV_WEIGHTS, str(weights_dir))
-    assert find_lpips_weights("vgg") == weights_dir / FILES["vgg"]
+    monkeypatch.setenv(ENV_WEIGHTS, str(lpips_weights))
+    assert find_lpips_weights("vgg") == lpips_weights / FILES["vgg"]
     assert find_lpips_weights("alex", cached) == cached
     with pytest.raises(DataError, match="not found"):
         find_lpips_weights("alex", tmp_path / "nope.safetensors")
@@ -124,9 +119,9 @@ def test_find_lpips_weights_order_and_errors(weights_dir, tmp_path, monkeypatch)
         find_lpips_weights("squeeze")
 
 
-def test_lpips_refuses_weights_of_the_wrong_net_or_format(weights_dir, tmp_path):
+def test_lpips_refuses_weights_of_the_wrong_net_or_format(lpips_weights, tmp_path):
     with pytest.raises(DataError, match="lack"):
-        LPIPS("alex", weights_dir / FILES["vgg"])
+        LPIPS("alex", lpips_weights / FILES["vgg"])
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(DataError, match="not a readable safetensors"):

@@ -60,6 +60,7 @@ def test_recipe_plugins_list_imports_user_module(lfw64, tmp_path):
     assert "latent_l2" in (run_dir / "config.yaml").read_text()
 
 
+@pytest.mark.integration  # a real pip build and install
 def test_non_editable_install_imports_engine_and_plugins(tmp_path):
     """A plain `pip install .` (here into a target folder) carries the engine, the plugins and the recipes."""
     target = tmp_path / "site"

@@ -11,8 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import vaeforge
-from helpers import PY, env, run
-from test_tasks import task, trained  # noqa: F401  (the module's tiny run trained on real LFW shards)
+from helpers import PY, env, run, task
 from vaeforge.data.splits import TRAIN
 from vaeforge.errors import DataError
 from vaeforge.models.prior import FittedPrior, build_prior, fit_prior, load_prior, standard_normal_log_prob
@@ -56,9 +55,9 @@ class ShrunkGaussian(LatentPrior):
 
 
 @pytest.fixture(scope="module")
-def latents(trained) -> torch.Tensor:  # noqa: F811
+def latents(trained_run) -> torch.Tensor:
     """Posterior means of the first 600 real training images under the tiny trained model: ``[600, 16]``."""
-    mu = vaeforge.load(trained).posterior_means(TRAIN, 600)
+    mu = vaeforge.load(trained_run).posterior_means(TRAIN, 600)
     assert mu.shape == (600, 16)
     return mu
 
@@ -104,8 +103,8 @@ def test_flow_likelihood_of_the_training_latents_beats_the_gaussians(fitted, lat
     assert ll > float(diagonal) > float(standard_normal_log_prob(latents).mean()), (ll, diagonal)
 
 
-def test_tampered_or_foreign_prior_files_are_one_line_errors_naming_the_file(trained, fitted, tmp_path):  # noqa: F811
-    model, options = vaeforge.load(trained), {"components": 2}
+def test_tampered_or_foreign_prior_files_are_one_line_errors_naming_the_file(trained_run, fitted, tmp_path):
+    model, options = vaeforge.load(trained_run), {"components": 2}
     path = model.sampler("gmm", options, train_limit=100, progress=False).file
     good = path.read_bytes()
     tensors = load_file(str(path))
@@ -121,7 +120,7 @@ def test_tampered_or_foreign_prior_files_are_one_line_errors_naming_the_file(tra
         with pytest.raises(DataError) as err:
             model.sampler("gmm", options, train_limit=100)
         assert f"prior file {path}: " in str(err.value) and "\n" not in str(err.value), what
-    proc = task("task=sample", f"run_dir={trained}", "sampler=gmm", "prior_args.components=2", "train_limit=100",
+    proc = task("task=sample", f"run_dir={trained_run}", "sampler=gmm", "prior_args.components=2", "train_limit=100",
                 check=False)  # the command line shows it as one line, exit status 2
     assert proc.returncode == 2 and f"prior file {path}: its tensors do not fit" in proc.stderr.splitlines()[-1]
     with pytest.raises(DataError, match="not a readable safetensors"):
@@ -130,17 +129,17 @@ def test_tampered_or_foreign_prior_files_are_one_line_errors_naming_the_file(tra
     assert model.sampler("gmm", options, train_limit=100).reused
 
 
-def test_unknown_sampler_is_a_did_you_mean(trained):  # noqa: F811
-    proc = task("task=sample", f"run_dir={trained}", "sampler=flw", check=False)
+def test_unknown_sampler_is_a_did_you_mean(trained_run):
+    proc = task("task=sample", f"run_dir={trained_run}", "sampler=flw", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].endswith(
         "unknown sampler 'flw' (valid: flow, flow_matching, gmm, prior; did you mean 'flow'?)"), proc.stderr
 
 
-def test_third_party_prior_is_a_sampler_of_the_sample_task(trained, tmp_path):  # noqa: F811
+def test_third_party_prior_is_a_sampler_of_the_sample_task(trained_run, tmp_path):
     (tmp_path / "my_prior.py").write_text(THIRD_PARTY)
     out = tmp_path / "out"
-    args = [PY, "-m", "vaeforge.run", "task=sample", f"run_dir={trained}", "plugins=[my_prior]", "n=6", "seed=3",
+    args = [PY, "-m", "vaeforge.run", "task=sample", f"run_dir={trained_run}", "plugins=[my_prior]", "n=6", "seed=3",
             "sampler=shrunk_gaussian", "prior_args.shrink=0.5", "train_limit=300"]
     run([*args, f"output={out}"], env=env(PYTHONPATH=str(tmp_path)))
     s = json.loads((out / "summary.json").read_text())
@@ -152,17 +151,17 @@ def test_third_party_prior_is_a_sampler_of_the_sample_task(trained, tmp_path):  
     assert (out / "grid.png").read_bytes() == (tmp_path / "again" / "grid.png").read_bytes()
 
 
-def test_python_api_samples_from_a_fitted_prior(trained):  # noqa: F811
-    model = vaeforge.load(trained)
+def test_python_api_samples_from_a_fitted_prior(trained_run):
+    model = vaeforge.load(trained_run)
     faces = model.sample(4, 0.8, seeded(0), sampler="flow", prior_args={**QUICK["flow"], "steps": 20})
     assert faces.shape == (4, 3, 64, 64) and 0 <= float(faces.min()) <= float(faces.max()) <= 1
     prior = model.sampler("flow", {**QUICK["flow"], "steps": 20})
-    assert prior.reused and prior.file is not None and prior.file.parent == trained / "priors"
+    assert prior.reused and prior.file is not None and prior.file.parent == trained_run / "priors"
 
 
-def test_evaluate_scores_each_chosen_sampler(trained, shared_dir, tmp_path):  # noqa: F811
+def test_evaluate_scores_each_chosen_sampler(trained_run, shared_dir, tmp_path):
     out = tmp_path / "eval"
-    run([PY, "-m", "vaeforge.run", "task=evaluate", f"run_dir={trained}", "limit=64", "samples=64",
+    run([PY, "-m", "vaeforge.run", "task=evaluate", f"run_dir={trained_run}", "limit=64", "samples=64",
          "samplers=[prior,flow_matching]", "prior_train_limit=300",
          *[f"prior_args.flow_matching.{k}={v}" for k, v in QUICK["flow_matching"].items()], f"output={out}"],
         env=env(VAEFORGE_LPIPS_WEIGHTS=str(shared_dir / "weights")))

@@ -11,8 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from helpers import PY, env, run
-from test_tasks import task, trained  # noqa: F401  (the module's tiny run trained on real LFW shards)
+from helpers import PY, env, run, task
 from vaeforge.errors import ConfigError, DataError
 from vaeforge.models.prior import FittedPrior, fit_prior, load_prior
 
@@ -96,23 +95,23 @@ def test_bad_options_are_config_errors(components, covariance, expected):
     assert expected in str(err.value)
 
 
-def test_sample_task_fits_saves_and_reuses_the_mixture(trained, tmp_path):  # noqa: F811
+def test_sample_task_fits_saves_and_reuses_the_mixture(trained_run, tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
-    args = ["task=sample", f"run_dir={trained}", "sampler=gmm", "prior_args.components=4", "train_limit=200", "n=8",
+    args = ["task=sample", f"run_dir={trained_run}", "sampler=gmm", "prior_args.components=4", "train_limit=200", "n=8",
             "grid_columns=4", "seed=5"]
     task(*args, f"output={first}")
     s = json.loads((first / "summary.json").read_text())
     assert s["sampler"] == "gmm" and s["prior_options"] == {"components": 4, "covariance": "full"}
     assert s["reused"] is False and s["train_images"] == 200
     saved = Path(s["prior_file"])
-    assert saved.parent == trained / "priors" and saved.name.startswith("gmm_") and saved.is_file()
+    assert saved.parent == trained_run / "priors" and saved.name.startswith("gmm_") and saved.is_file()
     m = load_prior(saved)
     assert m.module.means.shape == (4, 16) and m.count == 200 and "train_limit=200" in m.source
     assert Image.open(first / "grid.png").size == (4 * 66 + 2, 2 * 66 + 2)
     task(*args, f"output={second}")
     assert json.loads((second / "summary.json").read_text())["reused"] is True
     assert (first / "grid.png").read_bytes() == (second / "grid.png").read_bytes()
-    task("task=sample", f"run_dir={trained}", "n=8", "grid_columns=4", "seed=5", "sampler=prior",
+    task("task=sample", f"run_dir={trained_run}", "n=8", "grid_columns=4", "seed=5", "sampler=prior",
          f"output={tmp_path / 'prior'}")
     assert json.loads((tmp_path / "prior" / "summary.json").read_text())["sampler"] == "prior"
     assert (tmp_path / "prior" / "grid.png").read_bytes() != (first / "grid.png").read_bytes()
@@ -126,14 +125,14 @@ def test_sample_task_fits_saves_and_reuses_the_mixture(trained, tmp_path):  # no
                                                 "components, covariance; did you mean 'components'?)"),
     (["sampler=prior", "prior_args.components=3"], "sampler 'prior' (N(0, I)) takes no prior_args"),
 ])
-def test_bad_sampler_options_are_one_clear_line(trained, args, expected):  # noqa: F811
-    proc = task("task=sample", f"run_dir={trained}", *args, check=False)
+def test_bad_sampler_options_are_one_clear_line(trained_run, args, expected):
+    proc = task("task=sample", f"run_dir={trained_run}", *args, check=False)
     assert proc.returncode == 2 and expected in proc.stderr.strip().splitlines()[-1], proc.stderr
 
 
-def test_evaluate_reports_the_mixture_samples_distance(trained, shared_dir, tmp_path):  # noqa: F811
+def test_evaluate_reports_the_mixture_samples_distance(trained_run, shared_dir, tmp_path):
     out = tmp_path / "eval"
-    run([PY, "-m", "vaeforge.run", "task=evaluate", f"run_dir={trained}", "limit=64", "samples=64",
+    run([PY, "-m", "vaeforge.run", "task=evaluate", f"run_dir={trained_run}", "limit=64", "samples=64",
          "samplers=[prior,gmm]", "prior_args.gmm.components=3", "prior_train_limit=200", f"output={out}"],
         env=env(VAEFORGE_LPIPS_WEIGHTS=str(shared_dir / "weights")))
     s = json.loads((out / "summary.json").read_text())

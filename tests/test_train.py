@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import PY, TINY, env, kill_group, launch, train, wait_for
+from helpers import PY, TINY, TRAINED_STEPS, env, kill_group, launch, train, wait_for
+from vaeforge.runs.checkpoints import latest_checkpoint
 
 CKPT = "checkpoints"
 
@@ -109,16 +110,14 @@ def test_sigterm_checkpoints_and_a_busy_run_dir_is_refused(lfw64, tmp_path):
     assert int(last.name.split("_")[1]) > 10  # a checkpoint at the step where it stopped
 
 
-def test_damaged_or_foreign_checkpoints_are_named(lfw64, tmp_path):
-    run_dir = tmp_path / "run"
-    train(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", "trainer.max_steps=5", "trainer.checkpoint_every=5")
-    foreign = train(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", "resume=true", "trainer.max_steps=6",
-                    "model.latent_dim=8", check=False)
-    assert foreign.returncode == 2 and "another architecture" in foreign.stderr
-    model = run_dir / CKPT / "step_00000005" / "model.safetensors"
-    model.write_bytes(model.read_bytes()[:100])
-    damaged = train(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", "resume=true", "trainer.max_steps=6",
+def test_damaged_or_foreign_checkpoints_are_named(lfw64, trained_copy):
+    run_dir, more = trained_copy, f"trainer.max_steps={TRAINED_STEPS + 1}"
+    foreign = train(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", "resume=true", more, "model.latent_dim=8",
                     check=False)
+    assert foreign.returncode == 2 and "another architecture" in foreign.stderr
+    model = latest_checkpoint(run_dir) / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:100])
+    damaged = train(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", "resume=true", more, check=False)
     assert damaged.returncode == 2 and f"{model} is damaged" in damaged.stderr
     fresh = train(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", check=False)
     assert fresh.returncode == 2 and "already has checkpoints" in fresh.stderr

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 import vaeforge
-from helpers import TINY, train
+from helpers import TINY, TRAINED_STEPS, train
 from vaeforge.errors import CheckpointError
+from vaeforge.runs.checkpoints import latest_checkpoint
 
 
 class Exploit:
@@ -20,16 +21,15 @@ class Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_crafted_pickle_in_a_checkpoint_is_never_executed(lfw64, tmp_path, tally):
-    run_dir = tmp_path / "run"
-    train(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", "trainer.max_steps=4", "trainer.checkpoint_every=4")
+def test_crafted_pickle_in_a_checkpoint_is_never_executed(lfw64, trained_copy, tmp_path, tally):
+    run_dir = trained_copy
     marker = tmp_path / "pwned"
-    folder = run_dir / "checkpoints" / "step_00000004"
+    folder = latest_checkpoint(run_dir)
     for name in ("optimizer.pt", "rng_rank0.pt"):
         original = (folder / name).read_bytes()
         (folder / name).write_bytes(pickle.dumps({"state": Exploit(marker)}))
-        proc = train(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", "resume=true", "trainer.max_steps=6",
-                     check=False)
+        proc = train(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", "resume=true",
+                     f"trainer.max_steps={TRAINED_STEPS + 2}", check=False)
         tally["faults"] += 1
         tally["trials"] += 1
         assert proc.returncode == 2 and f"{folder / name} is damaged or not a plain-data file" in proc.stderr
@@ -40,10 +40,8 @@ def test_crafted_pickle_in_a_checkpoint_is_never_executed(lfw64, tmp_path, tally
     assert not marker.exists()
 
 
-def test_weights_must_be_safetensors(lfw64, tmp_path):
-    run_dir = tmp_path / "run"
-    train(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", "trainer.max_steps=2", "trainer.checkpoint_every=2")
-    model = run_dir / "checkpoints" / "step_00000002" / "ema.safetensors"
+def test_weights_must_be_safetensors(trained_copy):
+    model = latest_checkpoint(trained_copy) / "ema.safetensors"
     model.write_bytes(pickle.dumps({"weight": 1}))
     with pytest.raises(CheckpointError, match="is damaged or unreadable"):
-        vaeforge.load(run_dir)
+        vaeforge.load(trained_copy)
