@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webdataset as wds
+from PIL import Image
 
 from vaeforge.data.images import load_image
 from vaeforge.data.lfw import read_attributes, read_emotions, read_gender
 from vaeforge.data.build import prepare
+from vaeforge.data.splits import read_split
 from vaeforge.errors import ConfigError, DataError
 
 DEVTRAIN_IMAGES, DEVTRAIN_PEOPLE = 9525, 4038
@@ -268,3 +270,68 @@ def test_load_image_errors(lfw_members, tmp_path):
     for name in ("cut.jpg", "missing.jpg"):
         with pytest.raises(DataError, match=str(tmp_path / name)):
             load_image(tmp_path / name)
+
+
+# --- odd files: any name, any size, any bytes --------------------------------------------------------------------
+
+def jpeg(width: int, height: int | None = None, seed: int = 0) -> bytes:
+    """A JPEG of noise (a stand-in face: these tests are about names, sizes and bytes, not content)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (height or width, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def people(*names: str) -> list[tuple[str, bytes]]:
+    """Two good 250x250 images for each name, in the official layout."""
+    return [(f"lfw-deepfunneled/{n}/{n}_{i:04d}.jpg", jpeg(250, seed=i)) for n in names for i in (1, 2)]
+
+
+def test_any_identity_name_survives_into_the_stream(make_tgz, tmp_path):
+    odd = ["Dot.Name", "Per%cent", "Two..Dots.", "Ünï Cödé"]
+    tgz = make_tgz(tmp_path / "odd.tgz", people(*odd, "Plain_Name"))
+    out = tmp_path / "out"
+    manifest = prepare(tgz, out, val_fraction=0.0, train_shards=2, val_shards=1)
+    samples = list(read_split([str(out / s["name"]) for s in manifest["splits"]["train"]["shards"]]))
+    keys = sorted(s.name for s in samples)
+    assert len(keys) == len(set(keys)) == 10
+    assert "Dot%2EName_0001.png" in keys and "Per%25cent_0002.png" in keys and "Two%2E%2EDots%2E_0001.png" in keys
+    with tarfile.open(out / manifest["splits"]["train"]["shards"][0]["name"]) as tar:
+        files = {json.load(tar.extractfile(m))["file"] for m in tar if m.name.endswith(".json")}
+    assert files <= {f"{n}_{i:04d}.jpg" for n in [*odd, "Plain_Name"] for i in (1, 2)} and files
+
+
+BAD_IMAGES = {
+    "Tiny_Face": (jpeg(10), "is 10x10, LFW images are 250x250"),
+    "Huge_Face": (jpeg(1200, 900), "is 1200x900, LFW images are 250x250"),
+    "Empty_File": (b"", "not a readable image"),
+    "Text_File": (b"this is not a picture\n" * 20, "not a readable image"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_IMAGES)
+def test_a_bad_image_is_named_by_default(make_tgz, tmp_path, name):
+    data, reason = BAD_IMAGES[name]
+    member = f"lfw-deepfunneled/{name}/{name}_0001.jpg"
+    tgz = make_tgz(tmp_path / "bad.tgz", [*people("Good_One", "Good_Two"), (member, data)])
+    assert_user_error(run_cli(f"source={tgz}", f"out={tmp_path / 'out'}", "val_fraction=0"),
+                      f"{tgz}:{member}", reason, "on_error=skip")
+    assert not (tmp_path / "out").exists()
+
+
+def test_on_error_skip_leaves_bad_images_out_and_lists_them(make_tgz, tmp_path):
+    bad = [(f"lfw-deepfunneled/{n}/{n}_0001.jpg", data) for n, (data, _) in BAD_IMAGES.items()]
+    tgz = make_tgz(tmp_path / "bad.tgz", [*people("Good_One", "Good_Two", "Good_Three"), *bad])
+    out = tmp_path / "out"
+    result = run_cli(f"source={tgz}", f"out={out}", "on_error=skip", "val_fraction=0.3", "train_shards=8")
+    assert result.returncode == 0, result.stderr
+    assert "skipped 4 image(s) (on_error=skip):" in result.stdout
+    for name, (_, reason) in BAD_IMAGES.items():
+        assert f"{tgz}:lfw-deepfunneled/{name}/{name}_0001.jpg: " in result.stdout and reason in result.stdout
+    manifest = manifest_of(out)
+    assert {entry["file"].rsplit("/", 1)[-1] for entry in manifest["skipped"]} == {f"{n}_0001.jpg" for n in BAD_IMAGES}
+    splits = manifest["splits"]
+    assert splits["train"]["count"] + splits["val"]["count"] == 6
+    assert not set(BAD_IMAGES) & {i for split in splits.values() for i in split["identities"]}
+    assert all(shard["count"] > 0 and (out / shard["name"]).is_file() for s in splits.values() for shard in s["shards"])
+    assert sum(1 for _ in read_split([str(p) for p in shard_paths(out)])) == 6

@@ -25,6 +25,7 @@ LABEL_DIR_FILES = {
     "gender_female": "lfw_gender_female.txt",
 }
 ABOUT = "Build WebDataset shards and manifest.json from LFW: identity-disjoint train/val split, labels joined."
+SKIPPED_SHOWN = 20  # skipped images named in the summary; manifest.json lists them all
 USAGE = "vaeforge prepare source=<url|.tgz|folder> out=<dir> [labels=<dir>] [key=value ...]"
 
 
@@ -71,6 +72,12 @@ def _summary(manifest: dict[str, Any], out: str) -> str:
         names = [name for name, column in manifest["label_columns"].items() if column["kind"] == kind]
         if names:
             lines.append(f"  {len(names)} {kind} label columns: {', '.join(names)}")
+    skipped = manifest.get("skipped", [])
+    if skipped:
+        lines.append(f"  skipped {len(skipped)} image(s) (on_error=skip):")
+        lines += [f"    {entry['file']}: {entry['reason']}" for entry in skipped[:SKIPPED_SHOWN]]
+        if len(skipped) > SKIPPED_SHOWN:
+            lines.append(f"    ... and {len(skipped) - SKIPPED_SHOWN} more (all are listed in manifest.json)")
     lines.append(f"output: {Path(out).absolute()}")
     return "\n".join(lines)
 

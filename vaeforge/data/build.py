@@ -27,7 +27,8 @@ import webdataset as wds
 from omegaconf import MISSING
 from tqdm import tqdm
 
-from ..config.fields import at_least
+from ..config.fields import at_least, choice
+from ..config.schema import ON_ERROR
 from ..config.loader import validate_options
 from ..errors import ConfigError, DataError
 from .download import checksum_mismatch, fetch, file_digest, parse_checksum
@@ -70,6 +71,7 @@ class PrepareConfig:
     train_shards: int = at_least(1, 16)  # shard files of the train split
     val_shards: int = at_least(1, 4)  # shard files of the val split
     seed: int = at_least(0, 0)  # seed of the identity split and the shard order
+    on_error: str = choice("raise", ON_ERROR)  # an unreadable image, or one not 250x250: raise (naming it) or skip (listed in the summary and manifest)
 
 
 def prepare(source: str | Path, out: str | Path, **settings: Any) -> dict[str, Any]:
@@ -129,6 +131,7 @@ def _config(args: dict[str, Any]) -> dict[str, Any]:
         "train_shards": args["train_shards"],
         "val_shards": args["val_shards"],
         "seed": args["seed"],
+        "on_error": args["on_error"],
     }
 
 
@@ -222,9 +225,11 @@ def shard_sizes(count: int, shards: int) -> list[int]:
 def _build(folder: Path, splits: dict[str, list[LfwImage]], labels: Labels, config: dict[str, Any],
            source_info: dict[str, Any]) -> dict[str, Any]:
     """Write every shard and then ``manifest.json`` (last: its presence marks a complete output)."""
-    total = sum(map(len, splits.values()))
+    total, skipped = sum(map(len, splits.values())), []
     with tqdm(total=total, unit="img", desc="prepare lfw") as bar:
-        split_info = {split: _write_split(folder, split, splits[split], labels, config, bar) for split in SPLITS}
+        written = {split: _write_split(folder, split, splits[split], labels, config, bar, skipped)
+                   for split in SPLITS}
+    split_info = {split: info for split, (info, _) in written.items()}
     manifest = {
         "format": FORMAT,
         "dataset": "lfw",
@@ -232,9 +237,10 @@ def _build(folder: Path, splits: dict[str, list[LfwImage]], labels: Labels, conf
         "crop": config["crop"],
         "channels": 3,
         "splits": split_info,
-        "label_columns": _label_columns(labels, [image for images in splits.values() for image in images]),
+        "label_columns": _label_columns(labels, [image for _, images in written.values() for image in images]),
         "source": source_info,
         "config": config,
+        "skipped": skipped,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "vaeforge_version": _version(),
     }
@@ -243,23 +249,52 @@ def _build(folder: Path, splits: dict[str, list[LfwImage]], labels: Labels, conf
 
 
 def _write_split(folder: Path, split: str, images: list[LfwImage], labels: Labels, config: dict[str, Any],
-                 bar: tqdm) -> dict[str, Any]:
-    """Write one split's shards; return its manifest entry (count, identities, shards with sha256)."""
-    shards, start = [], 0
+                 bar: tqdm, skipped: list[dict[str, str]]) -> tuple[dict[str, Any], list[LfwImage]]:
+    """Write one split's shards; return its manifest entry (count, identities, shards with sha256) and the images
+    written. With ``on_error=skip`` a bad image is left out and appended to ``skipped``; a shard left empty is not
+    written."""
+    shards, kept, start = [], [], 0
     for index, size in enumerate(shard_sizes(len(images), config[f"{split}_shards"])):
         name = f"{split}-{index:06d}.tar"
         with open(folder / name, "wb") as stream, wds.TarWriter(stream, mtime=0) as writer:
+            count = 0
             for image in images[start:start + size]:
-                writer.write(_sample(image, labels, config))
+                sample = _sample_or_skip(image, labels, config, skipped)
+                if sample is not None:
+                    writer.write(sample)
+                    kept.append(image)
+                    count += 1
                 bar.update()
-        shards.append({"name": name, "count": size, "sha256": file_digest(folder / name, "sha256")})
         start += size
-    return {"count": len(images), "identities": sorted({image.identity for image in images}), "shards": shards}
+        if count:
+            shards.append({"name": name, "count": count, "sha256": file_digest(folder / name, "sha256")})
+        else:
+            (folder / name).unlink()
+    if images and not kept:
+        raise DataError(f"no image of the {split} split is usable ({len(images)} skipped; see above)")
+    info = {"count": len(kept), "identities": sorted({image.identity for image in kept}), "shards": shards}
+    return info, kept
+
+
+def _sample_or_skip(image: LfwImage, labels: Labels, config: dict[str, Any],
+                    skipped: list[dict[str, str]]) -> dict[str, Any] | None:
+    """The image's sample; None (and a ``skipped`` entry) for a bad image when ``on_error=skip``."""
+    try:
+        return _sample(image, labels, config)
+    except DataError as exc:
+        if config["on_error"] != "skip":
+            raise DataError(f"{exc}; on_error=skip leaves such images out") from None
+        skipped.append({"file": image.where, "reason": str(exc).removeprefix(f"{image.where}: ")})
+        return None
 
 
 def _sample(image: LfwImage, labels: Labels, config: dict[str, Any]) -> dict[str, Any]:
     """One WebDataset sample: the cropped, resized image as an .npy uint8 array and its metadata."""
-    pixels = crop_resize(decode_image(image.data, image.where), tuple(config["crop"]), config["image_size"])
+    decoded = decode_image(image.data, image.where)
+    if decoded.size != (LFW_IMAGE_SIZE, LFW_IMAGE_SIZE):
+        raise DataError(f"{image.where}: image is {decoded.width}x{decoded.height}, LFW images are "
+                        f"{LFW_IMAGE_SIZE}x{LFW_IMAGE_SIZE} (the crop box is for that size)")
+    pixels = crop_resize(decoded, tuple(config["crop"]), config["image_size"])
     meta = {"identity": image.identity, "file": image.file, "labels": labels.values.get(image.file, {})}
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(pixels, dtype=np.uint8), allow_pickle=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from ..errors import DataError
 
@@ -16,9 +16,13 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError
 
 def decode_image(data: bytes, where: str) -> Image.Image:
     """Fully decode image bytes; ``where`` (a file or archive member) names the image in the DataError."""
+    if not data:
+        raise DataError(f"{where}: not a readable image (the file is empty)")
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
+    except UnidentifiedImageError:
+        raise DataError(f"{where}: not a readable image (no image format Pillow knows)") from None
     except _DECODE_ERRORS as exc:
         raise DataError(f"{where}: not a readable image ({exc})") from None
     return img

@@ -36,8 +36,9 @@ class LfwImage:
 
     @property
     def key(self) -> str:
-        """The sample key: the file name without ``.jpg``."""
-        return self.file[: -len(".jpg")]
+        """The sample key: the file name without ``.jpg``, with ``%`` and ``.`` percent-encoded (a tar reader
+        takes the first dot of a member name as the start of its extension, so a key must have none)."""
+        return self.file[: -len(".jpg")].replace("%", "%25").replace(".", "%2E")
 
 
 def _is_lfw_image(folder: str, name: str) -> bool:
