@@ -28,10 +28,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, List, Optional
 
-import yaml
-
 from .cli.args import parse_overrides, user_errors_exit
 from .config import validate_plugin_args
+from .config.yamlfile import read_yaml
 from .errors import ConfigError, VaeforgeError, did_you_mean
 from .runs.folder import latest_state, refuse_overwrite
 
@@ -83,10 +82,7 @@ def read_profile(name: str) -> dict[str, Any]:
     path = Path(name) if name.endswith(".yaml") else available_profiles().get(name)
     if path is None or not path.is_file():
         raise ConfigError(f"unknown slurm profile '{name}' ({did_you_mean(name, available_profiles())})")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"slurm profile {path}: must be a mapping of keys to values")
-    return data
+    return read_yaml(path, "slurm profile")
 
 
 def slurm_config(args: dict[str, Any]) -> SlurmConfig:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from ..config.yamlfile import read_yaml
 from ..data.splits import chunks, iter_split
 from ..errors import CheckpointError, ConfigError, did_you_mean
 from ..models.prior import FittedPrior
@@ -176,7 +177,7 @@ def load(run_dir: str | Path, checkpoint: str | None = None, weights: str = "ema
     if not config_path.is_file() or not manifest_path.is_file():
         raise CheckpointError(f"{run_dir} is not a vaeforge run folder (no {CONFIG_FILE} / {MANIFEST_COPY})")
     folder = resolve_checkpoint(run_dir, checkpoint)
-    cfg = OmegaConf.load(config_path)
+    cfg = OmegaConf.create(read_yaml(config_path, "run config"))
     manifest = json.loads(manifest_path.read_text())
     REGISTRY.import_modules(list(plugins))
     with named_modules_hint(list(cfg.get("plugins", [])), list(plugins)):
