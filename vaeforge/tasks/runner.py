@@ -38,9 +38,10 @@ def run_task(args: dict[str, Any]) -> dict[str, Any]:
     cfg = validate_plugin_args(plugin.config, options, f"task '{plugin.name}'")
     output = Path(common["output"] or Path(common["run_dir"]) / TASKS_DIR / plugin.name)
     output.mkdir(parents=True, exist_ok=True)
-    ctx = TaskContext(model, output, int(common["seed"]), common["input"], int(common["limit"]))
+    where = f"task '{plugin.name}' ({plugin.origin})"
+    ctx = TaskContext(model, output, int(common["seed"]), common["input"], int(common["limit"]), where)
     started = time.monotonic()
-    result = task_result(plugin.target(ctx, cfg), plugin, output)
+    result = task_result(plugin.target(ctx, cfg), where, output)
     summary = {
         "task": plugin.name,
         "run_dir": str(common["run_dir"]),
@@ -55,10 +56,10 @@ def run_task(args: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def task_result(result: Any, plugin: Any, output: Path) -> dict[str, Any]:
+def task_result(result: Any, where: str, output: Path) -> dict[str, Any]:
     """A task's return value checked against the contract: a dict of JSON values, merged into ``summary.json``;
-    ``output`` (default: the output folder) and ``files`` (default: the files in it) are filled in."""
-    where = f"task '{plugin.name}' ({plugin.origin})"
+    ``output`` (default: the output folder) and ``files`` (default: the files in it) are filled in. ``where``
+    names the task in errors."""
     if not isinstance(result, dict):
         raise PluginError(f"{where} returned {type(result).__name__}: a task returns a dict of JSON values (its "
                           "summary), e.g. {'output': str(ctx.output), 'files': n}")
