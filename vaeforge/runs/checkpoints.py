@@ -203,11 +203,18 @@ def remove_partial(run_dir: Path) -> None:
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file; a damaged file is a clear error naming it."""
+    """Tensors of a safetensors file; a damaged file, or one holding NaN or inf (training skips every update
+    that is not finite, so such weights were not written by it), is a clear error naming it."""
     try:
-        return load_file(str(path))
+        weights = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint file {path} is damaged or unreadable ({exc})") from None
+    bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(f"checkpoint file {path} holds non-finite weights (NaN or inf in '{bad}'): it is "
+                              "damaged; use an earlier checkpoint (checkpoint=STEP, or delete this one's folder to "
+                              "resume from the one before)")
+    return weights
 
 
 def load_pickle_free(path: Path) -> Any:
