@@ -1,12 +1,19 @@
 """Reading a checkpoint that is not what it should be (issue 22 item 8): weights holding NaN are refused in one
-line naming the file (they loaded silently and ``reconstruct`` reported ``psnr: nan``)."""
+line naming the file (they loaded silently and ``reconstruct`` reported ``psnr: nan``); a checkpoint that a
+running training rotates away while a task loads it is replaced by the newest complete one, not called damaged."""
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
+import time
 
+import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import PY, run, train
+import vaeforge
+from helpers import PY, TINY, env, kill_group, run, train, wait_for
+from vaeforge.errors import CheckpointError
 
 
 def test_non_finite_weights_are_refused_naming_the_file(trained_run, tmp_path, tally):
@@ -27,3 +34,26 @@ def test_non_finite_weights_are_refused_naming_the_file(trained_run, tmp_path, t
         tally["refused"] += 1
         assert f"checkpoint file {folder / name} holds non-finite weights" in lines[0], lines[0]
 
+
+def test_loading_while_a_training_rotates_checkpoints_gets_the_newest(lfw64, tmp_path, tally):
+    """A training writes a checkpoint every step and keeps one; every load meanwhile must succeed."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([PY, "-m", "vaeforge.train", *TINY, f"data.shards={lfw64}", f"run_dir={run_dir}",
+                             "trainer.checkpoint_every=1", "trainer.keep_checkpoints=1", "trainer.max_steps=100000",
+                             "trainer.val_every=0", "trainer.image_every=0"],
+                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        wait_for(lambda: (run_dir / "checkpoints" / "step_00000003").is_dir(), 300, proc)
+        loaded, failures, started = [], [], time.monotonic()
+        while len(loaded) + len(failures) < 40 and time.monotonic() - started < 120:
+            try:
+                loaded.append(vaeforge.load(run_dir).checkpoint.name)
+            except CheckpointError as exc:
+                failures.append(str(exc))
+        assert proc.poll() is None, proc.stderr.read()  # the training rotated all along
+    finally:
+        kill_group(proc, signal.SIGTERM)
+    tally["cases"] += len(loaded) + len(failures)
+    assert not failures, f"{len(failures)} of {len(loaded) + len(failures)} loads failed, e.g. {failures[0]}"
+    assert len(set(loaded)) > 5  # the loads did overlap the rotation

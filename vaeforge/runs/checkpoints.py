@@ -184,7 +184,7 @@ def publish(folder: Path, keep: int) -> Path:
     """Rename a fully written ``.tmp`` folder into place, then drop all but the newest ``keep`` checkpoints."""
     final = folder.with_name(folder.name[: -len(TMP)])
     if final.exists():
-        shutil.rmtree(final)
+        discard(final)
     folder.rename(final)
     fd = os.open(final.parent, os.O_RDONLY)
     try:
@@ -192,8 +192,17 @@ def publish(folder: Path, keep: int) -> Path:
     finally:
         os.close(fd)
     for old in checkpoint_dirs(final.parent.parent)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        discard(old)
     return final
+
+
+def discard(folder: Path) -> None:
+    """Delete a checkpoint folder, renamed away first: a reader (a task loading the run while it trains) finds it
+    whole or not at all, never half-deleted. A rename left by a crash is deleted by :func:`remove_partial`."""
+    doomed = folder.with_name(f"{folder.name}.old{TMP}")
+    shutil.rmtree(doomed, ignore_errors=True)
+    folder.rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def remove_partial(run_dir: Path) -> None:
