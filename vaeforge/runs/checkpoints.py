@@ -12,6 +12,7 @@ checkpoint folder must come from a source you trust. Everything vaeforge reads i
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
@@ -24,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, write_failure
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "step_"
@@ -125,9 +126,23 @@ def _fsync(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def _fsync_write(path: Path, write: Any) -> None:
-    write(path)
-    _fsync(path)
+def _write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` and fsync it. Files are serialised in memory and written here, so a failed write is an
+    ``OSError`` naming the file and its cause (torch.save only says "iostream error" when the disk is full)."""
+    try:
+        with open(path, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        exc.filename = str(path)
+        raise
+
+
+def _torch_bytes(value: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -161,7 +176,7 @@ def tmp_dir(run_dir: Path, step: int) -> Path:
 
 def write_rank_state(folder: Path, rank: int) -> None:
     """Each rank's own part of a checkpoint: its RNG state."""
-    _fsync_write(folder / f"rng_rank{rank}.pt", lambda p: torch.save(rng_state(), p))
+    _write_file(folder / f"rng_rank{rank}.pt", _torch_bytes(rng_state()))
 
 
 def write_main_state(
@@ -174,10 +189,10 @@ def write_main_state(
     (``optimizer``, ``scheduler``, ``scaler``: tensors and builtins only) as ``<name>.pt``, and ``state.json``."""
     for name, tensors in weights.items():
         if tensors:
-            _fsync_write(folder / f"{name}.safetensors", lambda p, t=tensors: save_file(_tensors(t), str(p)))
+            _write_file(folder / f"{name}.safetensors", save(_tensors(tensors)))
     for name, value in states.items():
-        _fsync_write(folder / f"{name}.pt", lambda p, v=value: torch.save(v, p))
-    _fsync_write(folder / "state.json", lambda p: p.write_text(json.dumps(asdict(state), indent=1)))
+        _write_file(folder / f"{name}.pt", _torch_bytes(value))
+    _write_file(folder / "state.json", json.dumps(asdict(state), indent=1).encode())
 
 
 def publish(folder: Path, keep: int) -> Path:
@@ -203,6 +218,17 @@ def discard(folder: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
     folder.rename(doomed)
     shutil.rmtree(doomed, ignore_errors=True)
+
+
+def write_failed(exc: OSError, folder: Path) -> CheckpointError:
+    """The one line for a checkpoint whose ``.tmp`` ``folder`` could not be written (the folder is deleted here,
+    giving back its space); the checkpoints before it are untouched."""
+    shutil.rmtree(folder, ignore_errors=True)
+    latest = latest_checkpoint(folder.parent.parent)
+    kept = f"the previous checkpoint {latest} is intact" if latest else "no checkpoint was written before it"
+    problem, fix = write_failure(exc)
+    return CheckpointError(f"{problem} while writing {exc.filename or folder} (checkpoint {folder.name[:-len(TMP)]}): "
+                           f"{kept}; {fix}, then continue with resume=true")
 
 
 def remove_partial(run_dir: Path) -> None:
@@ -277,7 +303,7 @@ def describe_deepspeed(folder: Path, stage: int) -> None:
             _fsync(path)
             files[str(path.relative_to(folder))] = _sha256(path)
     info = {"zero_stage": stage, "sha256": files}
-    _fsync_write(folder / DEEPSPEED_INFO, lambda p: p.write_text(json.dumps(info, indent=1)))
+    _write_file(folder / DEEPSPEED_INFO, json.dumps(info, indent=1).encode())
 
 
 def _deepspeed_info(folder: Path) -> dict[str, Any] | None:

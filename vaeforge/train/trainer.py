@@ -290,7 +290,8 @@ class Trainer:
             # would replace the first error while the writers below shut down
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         if hasattr(self, "monitor"):
-            self.monitor.close()
+            with contextlib.suppress(VaeforgeError):  # events that cannot be written: the run's own error is shown
+                self.monitor.close()
         self._release()
 
     def _release(self) -> None:
