@@ -23,7 +23,10 @@ def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest 
         )
     if TALLY["cases"]:
         terminalreporter.write_line(
-            f"hostile inputs: cases run {TALLY['cases']}, refused in one line {TALLY['refused']}, "
-            f"files written outside their folder {TALLY['outside']}, file contents echoed {TALLY['echoed']}, "
-            f"code run that was not asked for {TALLY['executed']}"
+            f"hostile inputs: refused in one line {TALLY['refused']}/{TALLY['cases']}, files written outside their "
+            f"folder {TALLY['outside']}, file contents echoed {TALLY['echoed']}, code run that was not asked for "
+            f"{TALLY['executed']}"
         )
+    if TALLY["loads"]:
+        terminalreporter.write_line(f"loads while a training rotates checkpoints: {TALLY['loads_ok']}/"
+                                    f"{TALLY['loads']} succeeded")
