@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+import vaeforge
 from helpers import PY, TINY, env, run, train
+from vaeforge.api import TaskContext
+from vaeforge.errors import DataError
 
 ESCAPER = """\
 from dataclasses import dataclass
@@ -62,6 +65,16 @@ def test_a_task_writes_into_sub_folders_of_its_output(trained_run, tmp_path):
     run([PY, "-m", "vaeforge.run", "task=escaper", f"run_dir={trained_run}", f"output={output}",
          "plugins=[escape_tasks]", "name=sub/./inside.png"], env=env(PYTHONPATH=str(tmp_path)))
     assert (output / "sub" / "inside.png").is_file()
+
+
+def test_a_label_column_cannot_place_its_vector_outside_the_run(trained_run, tmp_path, tally):
+    """A run folder's manifest names the label columns; one named like a path is not a file name."""
+    ctx = TaskContext(vaeforge.load(trained_run), tmp_path / "out")
+    assert ctx.vector_path("Smiling") == (trained_run / "vectors" / "Smiling.safetensors").resolve()
+    with pytest.raises(DataError, match="label column '../../evil' of .* is not a file name"):
+        ctx.vector_path("../../evil")
+    tally["cases"] += 1
+    tally["refused"] += 1
 
 
 def test_a_run_on_relative_data_is_used_from_another_folder(lfw64, tmp_path):
