@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
 
 
@@ -33,6 +34,14 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 
 class PluginError(VaeforgeError):
     """A plugin broke its contract (wrong output shape or type, a failed import); the message names it."""
+
+
+def write_failure(exc: OSError) -> tuple[str, str]:
+    """What stopped a write and its fix, in words: ``("disk full", "free space on that disk")`` (or over quota),
+    else the system's message and a fix for the folder."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk full", "free space on that disk"
+    return exc.strerror or str(exc), "make the folder writable"
 
 
 def unknown_choice(what: str, value: object, choices: Iterable[str]) -> ConfigError:

@@ -28,13 +28,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, List, Optional
 
-import yaml
-
 from .cli.args import parse_overrides, user_errors_exit
 from .cli.options import help_text, read_args
 from .config import validate_options
 from .config.fields import at_least
-from .errors import ConfigError, VaeforgeError, unknown_choice
+from .config.yamlfile import read_yaml
+from .errors import VaeforgeError, unknown_choice
 from .runs.folder import latest_state, refuse_overwrite
 
 ABOUT = "Train on a SLURM cluster: one job of nodes x processes that checkpoints and requeues itself on preemption."
@@ -87,10 +86,7 @@ def read_profile(name: str) -> dict[str, Any]:
     path = Path(name) if name.endswith(".yaml") else available_profiles().get(name)
     if path is None or not path.is_file():
         raise unknown_choice("slurm profile", name, available_profiles())
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"slurm profile {path}: must be a mapping of keys to values")
-    return data
+    return read_yaml(path, "slurm profile")
 
 
 def slurm_config(args: dict[str, Any]) -> SlurmConfig:

@@ -1,5 +1,6 @@
-"""The fault suite's tally: every fault test records what it injected and what survived; the summary line is
-printed at the end of the run (and must say 0 data items lost and all resumes intact)."""
+"""The fault suite's tally: every fault test records what it injected and what survived; the summary lines are
+printed at the end of the run (they must say 0 data items lost and all resumes intact; for hostile inputs, all
+refused in one line, nothing written outside its folder, no file content echoed)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -15,8 +16,17 @@ def tally() -> Counter:
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest hook
-    if TALLY:
+    if TALLY["trials"] or TALLY["resumes"]:
         terminalreporter.write_line(
             f"fault suite: trials run {TALLY['trials']}, faults injected {TALLY['faults']}, "
             f"resumes intact {TALLY['resumes_intact']}/{TALLY['resumes']}, data items lost {TALLY['items_lost']}"
         )
+    if TALLY["cases"]:
+        terminalreporter.write_line(
+            f"hostile inputs: refused in one line {TALLY['refused']}/{TALLY['cases']}, files written outside their "
+            f"folder {TALLY['outside']}, file contents echoed {TALLY['echoed']}, code run that was not asked for "
+            f"{TALLY['executed']}"
+        )
+    if TALLY["loads"]:
+        terminalreporter.write_line(f"loads while a training rotates checkpoints: {TALLY['loads_ok']}/"
+                                    f"{TALLY['loads']} succeeded")

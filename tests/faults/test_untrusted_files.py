@@ -32,7 +32,10 @@ def test_crafted_pickle_in_a_checkpoint_is_never_executed(lfw64, trained_copy, t
                      f"trainer.max_steps={TRAINED_STEPS + 2}", check=False)
         tally["faults"] += 1
         tally["trials"] += 1
+        tally["cases"] += 1
+        tally["executed"] += marker.exists()
         assert proc.returncode == 2 and f"{folder / name} is damaged or not a plain-data file" in proc.stderr
+        tally["refused"] += 1
         assert not marker.exists()
         (folder / name).write_bytes(original)
     # The weights themselves are safetensors: loading a run for inference never unpickles anything.

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from ..config.yamlfile import parse_yaml
 from ..errors import ConfigError, VaeforgeError
 
 # YAML 1.1 reads these as booleans; on a command line they are words (``trainer.mixed_precision=no``).
@@ -22,7 +23,7 @@ def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
         if not sep or not key or key.startswith("-"):
             raise ConfigError(f"argument '{arg}' is not of the form key=value")
         try:
-            value = raw if raw == "" or raw.lower() in YAML11_BOOL_WORDS else yaml.safe_load(raw)
+            value = raw if raw == "" or raw.lower() in YAML11_BOOL_WORDS else parse_yaml(raw)
         except yaml.YAMLError:
             value = raw
         out[key.strip()] = value

@@ -6,13 +6,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError, PluginError, did_you_mean, unknown_choice
 from .fields import check_values
 from .schema import RunConfig
+from .yamlfile import read_yaml
 
 RECIPE_SUFFIX = ".yaml"
 
@@ -43,21 +43,11 @@ def _recipe_path(name: str) -> Path:
     return recipes[name]
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping of keys to values")
-    return data
-
-
 def load_recipe(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
     """A recipe as plain data; ``base: other`` inherits ``other`` and overrides it key by key."""
     if name in _seen:
         raise ConfigError(f"recipe '{name}' inherits from itself ({' -> '.join(_seen + (name,))})")
-    data = _read_yaml(_recipe_path(name))
+    data = read_yaml(_recipe_path(name), "recipe")
     base = data.pop("base", None)
     if base is None:
         return data
@@ -128,7 +118,7 @@ def load_config(args: dict[str, Any], saved: Path | None = None) -> DictConfig:
     """The run config: schema defaults <- saved config (on resume) <- recipe <- ``key=value`` overrides."""
     cfg: DictConfig = OmegaConf.structured(RunConfig)
     if saved is not None:
-        cfg = merge(cfg, OmegaConf.load(saved), str(saved))
+        cfg = merge(cfg, read_yaml(saved, "run config"), str(saved))
     recipe = args.get("recipe")
     if recipe:
         data = load_recipe(str(recipe))

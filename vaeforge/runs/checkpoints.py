@@ -12,6 +12,7 @@ checkpoint folder must come from a source you trust. Everything vaeforge reads i
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
@@ -24,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, write_failure
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "step_"
@@ -125,9 +126,23 @@ def _fsync(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def _fsync_write(path: Path, write: Any) -> None:
-    write(path)
-    _fsync(path)
+def _write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` and fsync it. Files are serialised in memory and written here, so a failed write is an
+    ``OSError`` naming the file and its cause (torch.save only says "iostream error" when the disk is full)."""
+    try:
+        with open(path, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        exc.filename = str(path)
+        raise
+
+
+def _torch_bytes(value: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -161,7 +176,7 @@ def tmp_dir(run_dir: Path, step: int) -> Path:
 
 def write_rank_state(folder: Path, rank: int) -> None:
     """Each rank's own part of a checkpoint: its RNG state."""
-    _fsync_write(folder / f"rng_rank{rank}.pt", lambda p: torch.save(rng_state(), p))
+    _write_file(folder / f"rng_rank{rank}.pt", _torch_bytes(rng_state()))
 
 
 def write_main_state(
@@ -174,17 +189,17 @@ def write_main_state(
     (``optimizer``, ``scheduler``, ``scaler``: tensors and builtins only) as ``<name>.pt``, and ``state.json``."""
     for name, tensors in weights.items():
         if tensors:
-            _fsync_write(folder / f"{name}.safetensors", lambda p, t=tensors: save_file(_tensors(t), str(p)))
+            _write_file(folder / f"{name}.safetensors", save(_tensors(tensors)))
     for name, value in states.items():
-        _fsync_write(folder / f"{name}.pt", lambda p, v=value: torch.save(v, p))
-    _fsync_write(folder / "state.json", lambda p: p.write_text(json.dumps(asdict(state), indent=1)))
+        _write_file(folder / f"{name}.pt", _torch_bytes(value))
+    _write_file(folder / "state.json", json.dumps(asdict(state), indent=1).encode())
 
 
 def publish(folder: Path, keep: int) -> Path:
     """Rename a fully written ``.tmp`` folder into place, then drop all but the newest ``keep`` checkpoints."""
     final = folder.with_name(folder.name[: -len(TMP)])
     if final.exists():
-        shutil.rmtree(final)
+        discard(final)
     folder.rename(final)
     fd = os.open(final.parent, os.O_RDONLY)
     try:
@@ -192,8 +207,28 @@ def publish(folder: Path, keep: int) -> Path:
     finally:
         os.close(fd)
     for old in checkpoint_dirs(final.parent.parent)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        discard(old)
     return final
+
+
+def discard(folder: Path) -> None:
+    """Delete a checkpoint folder, renamed away first: a reader (a task loading the run while it trains) finds it
+    whole or not at all, never half-deleted. A rename left by a crash is deleted by :func:`remove_partial`."""
+    doomed = folder.with_name(f"{folder.name}.old{TMP}")
+    shutil.rmtree(doomed, ignore_errors=True)
+    folder.rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def write_failed(exc: OSError, folder: Path) -> CheckpointError:
+    """The one line for a checkpoint whose ``.tmp`` ``folder`` could not be written (the folder is deleted here,
+    giving back its space); the checkpoints before it are untouched."""
+    shutil.rmtree(folder, ignore_errors=True)
+    latest = latest_checkpoint(folder.parent.parent)
+    kept = f"the previous checkpoint {latest} is intact" if latest else "no checkpoint was written before it"
+    problem, fix = write_failure(exc)
+    return CheckpointError(f"{problem} while writing {exc.filename or folder} (checkpoint {folder.name[:-len(TMP)]}): "
+                           f"{kept}; {fix}, then continue with resume=true")
 
 
 def remove_partial(run_dir: Path) -> None:
@@ -203,11 +238,18 @@ def remove_partial(run_dir: Path) -> None:
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file; a damaged file is a clear error naming it."""
+    """Tensors of a safetensors file; a damaged file, or one holding NaN or inf (training skips every update
+    that is not finite, so such weights were not written by it), is a clear error naming it."""
     try:
-        return load_file(str(path))
+        weights = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint file {path} is damaged or unreadable ({exc})") from None
+    bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(f"checkpoint file {path} holds non-finite weights (NaN or inf in '{bad}'): it is "
+                              "damaged; use an earlier checkpoint (checkpoint=STEP, or delete this one's folder to "
+                              "resume from the one before)")
+    return weights
 
 
 def load_pickle_free(path: Path) -> Any:
@@ -261,7 +303,7 @@ def describe_deepspeed(folder: Path, stage: int) -> None:
             _fsync(path)
             files[str(path.relative_to(folder))] = _sha256(path)
     info = {"zero_stage": stage, "sha256": files}
-    _fsync_write(folder / DEEPSPEED_INFO, lambda p: p.write_text(json.dumps(info, indent=1)))
+    _write_file(folder / DEEPSPEED_INFO, json.dumps(info, indent=1).encode())
 
 
 def _deepspeed_info(folder: Path) -> dict[str, Any] | None:

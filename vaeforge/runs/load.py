@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from ..config.yamlfile import read_yaml
 from ..data.splits import chunks, iter_split
 from ..errors import CheckpointError, ConfigError, unknown_choice
 from ..models.prior import FittedPrior
@@ -20,6 +21,8 @@ from . import checkpoints as ckpt
 MODES = ("linear", "slerp")
 WEIGHTS = ("ema", "model")  # EMA weights (when the checkpoint has them) or the raw trained ones
 CHUNK = 64  # images per forward pass: bounds memory on large inputs (the whole val split, long interpolations)
+LATEST = (None, "", "latest")  # what asks for the newest checkpoint
+ROTATION_TRIES = 5  # reads of the newest checkpoint while a training keeps deleting older ones
 
 
 def interpolation_weights(steps: int) -> torch.Tensor:
@@ -148,7 +151,7 @@ class LoadedVAE:
 
 def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
     """``None``/``latest``: the newest checkpoint; a step number, a folder name or a path otherwise."""
-    if checkpoint in (None, "", "latest"):
+    if checkpoint in LATEST:
         found = ckpt.latest_checkpoint(run_dir)
         if found is None:
             raise CheckpointError(f"run_dir {run_dir} has no checkpoint (train it first, or check the path)")
@@ -160,6 +163,27 @@ def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
             return candidate
     have = ", ".join(p.name for p in ckpt.checkpoint_dirs(run_dir)) or "none"
     raise CheckpointError(f"checkpoint '{checkpoint}' not found in {run_dir} (have: {have})")
+
+
+def read_checkpoint(run_dir: Path, checkpoint: str | None, weights: str) -> tuple[Path, str, dict[str, torch.Tensor]]:
+    """The chosen checkpoint folder, which weights it gives (``ema`` falls back to ``model`` when it has none) and
+    their tensors. A training that still writes the run deletes its older checkpoints: when the newest was asked
+    for and is deleted while it is read, the new newest is read instead."""
+    for _ in range(ROTATION_TRIES):
+        folder = resolve_checkpoint(run_dir, checkpoint)
+        kind = "ema" if weights == "ema" and (folder / "ema.safetensors").exists() else "model"
+        try:
+            return folder, kind, ckpt.load_weights(folder / f"{kind}.safetensors")
+        except CheckpointError:
+            if folder.is_dir():  # still there: damaged, not rotated away
+                raise
+        if checkpoint not in LATEST:
+            raise CheckpointError(f"checkpoint {folder} was deleted while it was read (rotated away by a training "
+                                  "still writing the run?): pass checkpoint=latest, or one it keeps "
+                                  "(trainer.keep_checkpoints)")
+    raise CheckpointError(f"the newest checkpoint of {run_dir} was deleted while it was read, {ROTATION_TRIES} "
+                          "times: the training writing the run rotates checkpoints faster than they load; try "
+                          "again, or give that training a larger trainer.keep_checkpoints")
 
 
 def load(run_dir: str | Path, checkpoint: str | None = None, weights: str = "ema", device: str = "cpu",
@@ -175,16 +199,12 @@ def load(run_dir: str | Path, checkpoint: str | None = None, weights: str = "ema
     config_path, manifest_path = run_dir / CONFIG_FILE, run_dir / MANIFEST_COPY
     if not config_path.is_file() or not manifest_path.is_file():
         raise CheckpointError(f"{run_dir} is not a vaeforge run folder (no {CONFIG_FILE} / {MANIFEST_COPY})")
-    folder = resolve_checkpoint(run_dir, checkpoint)
-    cfg = OmegaConf.load(config_path)
+    folder, weights, state = read_checkpoint(run_dir, checkpoint, weights)
+    cfg = OmegaConf.create(read_yaml(config_path, "run config"))
     manifest = json.loads(manifest_path.read_text())
     REGISTRY.import_modules(list(plugins))
     with named_modules_hint(list(cfg.get("plugins", [])), list(plugins)):
         vae = build_model(cfg.model, ImageSpec(int(manifest["image_size"]), int(manifest.get("channels", 3))))
-    file = folder / "ema.safetensors"
-    if weights != "ema" or not file.exists():
-        weights, file = "model", folder / "model.safetensors"
-    state = ckpt.load_weights(file)
     ckpt.check_architecture(ckpt.architecture(vae.state_dict()), state, folder)
     vae.load_state_dict(state)
     return LoadedVAE(vae.to(device), run_dir, cfg, manifest, folder, weights)

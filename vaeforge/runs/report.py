@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 from omegaconf import MISSING
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ..cli.args import user_errors_exit
 from ..cli.options import help_text, read_args
 from ..config.loader import validate_options
+from ..config.yamlfile import read_yaml
 from ..errors import CheckpointError
 from .checkpoints import latest_checkpoint, read_state
 from .layout import CONFIG_FILE, RUN_FILE, TASKS_DIR, TB_DIR
@@ -130,7 +130,7 @@ def _training_end(run_dir: Path, acc: EventAccumulator) -> tuple[int, float]:
 
 def _curves(run_dir: Path, acc: EventAccumulator) -> str:
     """A chart per train/, val/ and perf/ scalar; the lr chart says where a cut-off schedule stopped."""
-    config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+    config = read_yaml(run_dir / CONFIG_FILE, "run config")
     notes = {"train/lr": schedule_note(config, *_training_end(run_dir, acc))}
     charts = [svg_chart(tag, [(e.step, e.value) for e in acc.Scalars(tag)], note=notes.get(tag, ()))
               for tag in chart_order(acc.Tags().get("scalars", []))]

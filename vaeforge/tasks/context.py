@@ -11,7 +11,7 @@ import torch
 
 from .attributes import VECTORS_DIR, AttributeVector, direction, posterior_means
 from ..data.splits import TRAIN, VAL, Sample, chunks, iter_split, read_split  # noqa: F401  (read_split: re-exported)
-from ..errors import DataError, unknown_choice
+from ..errors import DataError, PluginError, unknown_choice
 from .image_files import load_inputs, save_grid, save_png
 
 if TYPE_CHECKING:
@@ -27,15 +27,22 @@ class LabelledBatch:
     values: torch.Tensor
 
 
+def inside(folder: Path, name: str | Path) -> Path | None:
+    """``folder / name`` resolved (``..`` and links followed) when it stays inside ``folder``, else None."""
+    path = (folder / name).resolve()
+    return path if path.is_relative_to(folder.resolve()) else None
+
+
 @dataclass
 class TaskContext:
-    """Everything a task needs; tasks write files only through ``output``."""
+    """Everything a task needs; tasks write files only through ``output``, and only inside it."""
 
     model: "LoadedVAE"
     output: Path
     seed: int = 0
     input: str | list[str] | None = None  # image files, a folder, or "val"
     limit: int = 0  # at most this many inputs (0: all)
+    task: str = "the task"  # who writes, for errors: "task 'name' (its origin)"
 
     def generator(self) -> torch.Generator:
         """A CPU generator seeded with the task's seed: same seed, same output."""
@@ -78,8 +85,14 @@ class TaskContext:
                                 torch.tensor([float(s.labels[column]) for s in group]))
 
     def vector_path(self, attribute: str) -> Path:
-        """Where the run keeps the direction of ``attribute``: ``run_dir/vectors/<attribute>.safetensors``."""
-        return self.model.run_dir / VECTORS_DIR / f"{attribute}.safetensors"
+        """Where the run keeps the direction of ``attribute``: ``run_dir/vectors/<attribute>.safetensors`` (a
+        label column of a run's manifest that is not a file name is refused)."""
+        folder = self.model.run_dir / VECTORS_DIR
+        path = inside(folder, f"{attribute}.safetensors")
+        if path is None:
+            raise DataError(f"label column '{attribute}' of {self.model.run_dir} is not a file name: its vector "
+                            f"would be written outside {folder}")
+        return path
 
     def attribute_vector(self, attribute: str, train_limit: int = 0) -> tuple[AttributeVector, bool]:
         """The latent direction of a label column and whether it was reused: the run's saved one when it was
@@ -101,15 +114,25 @@ class TaskContext:
         """Posterior means ``[N, latent_dim]`` of the split's first ``limit`` images (0: all), on the CPU."""
         return self.model.posterior_means(split, limit)
 
+    def output_file(self, name: str) -> Path:
+        """The path of file ``name`` (may hold sub-folders) in the output folder; a name that leads outside it
+        (``../x.png``, an absolute path, a link out) is refused."""
+        path = inside(self.output, name)
+        if path is None:
+            raise PluginError(f"{self.task} tried to write '{name}', outside its output folder {self.output}: "
+                              "pass a file name inside it")
+        return path
+
     def save_image(self, name: str, image: torch.Tensor) -> Path:
-        path = self.output / name
+        """One PNG ``name`` in the output folder."""
+        path = self.output_file(name)
         save_png(image, path)
         return path
 
     def save_grid(self, name: str, rows: list[list[torch.Tensor]] | torch.Tensor, nrow: int | None = None,
                   columns: list[str] | None = None) -> Path:
         """A grid PNG of equal-length rows (or a batch with ``nrow`` a row), with optional column captions."""
-        path = self.output / name
+        path = self.output_file(name)
         save_grid(rows, path, nrow, columns)
         return path
 

@@ -55,9 +55,10 @@ def run_task(args: dict[str, Any]) -> dict[str, Any]:
     model = load(opts.run_dir, opts.checkpoint, opts.weights, opts.device, opts.plugins)
     output = Path(opts.output or Path(opts.run_dir) / TASKS_DIR / plugin.name)
     output.mkdir(parents=True, exist_ok=True)
-    ctx = TaskContext(model, output, opts.seed, opts.input, opts.limit)
+    where = f"task '{plugin.name}' ({plugin.origin})"
+    ctx = TaskContext(model, output, opts.seed, opts.input, opts.limit, where)
     started = time.monotonic()
-    result = task_result(plugin.target(ctx, cfg), plugin, output)
+    result = task_result(plugin.target(ctx, cfg), where, output)
     summary = {
         "task": plugin.name,
         "run_dir": opts.run_dir,
@@ -96,10 +97,10 @@ def _help(args: dict[str, Any]) -> str:
     return help_text(USAGE, ABOUT, sections, note)
 
 
-def task_result(result: Any, plugin: Any, output: Path) -> dict[str, Any]:
+def task_result(result: Any, where: str, output: Path) -> dict[str, Any]:
     """A task's return value checked against the contract: a dict of JSON values, merged into ``summary.json``;
-    ``output`` (default: the output folder) and ``files`` (default: the files in it) are filled in."""
-    where = f"task '{plugin.name}' ({plugin.origin})"
+    ``output`` (default: the output folder) and ``files`` (default: the files in it) are filled in. ``where``
+    names the task in errors."""
     if not isinstance(result, dict):
         raise PluginError(f"{where} returned {type(result).__name__}: a task returns a dict of JSON values (its "
                           "summary), e.g. {'output': str(ctx.output), 'files': n}")

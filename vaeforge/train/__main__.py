@@ -10,6 +10,7 @@ from ..cli.args import parse_overrides, user_errors_exit
 from ..cli.options import help_text, read_args
 from ..config import RunConfig, load_config, validate_options
 from ..config.fields import check_values
+from ..config.yamlfile import read_yaml
 from ..registry import REGISTRY, named_modules_hint
 from ..runs.layout import CONFIG_FILE, TB_DIR
 
@@ -27,7 +28,7 @@ def resolve_config(argv: list[str]):
         saved = candidate if candidate.is_file() else None
     cfg = load_config(args, saved=saved)
     # a run folder is data: modules only its saved config names are not imported (the user passes them again)
-    from_folder = set(OmegaConf.load(saved).get("plugins", [])) if saved else set()
+    from_folder = set(read_yaml(saved, "run config").get("plugins") or []) if saved else set()
     asked = list(args.get("plugins") or [])
     modules = [m for m in cfg.plugins if m not in from_folder or m in asked]
     REGISTRY.import_modules(modules)

@@ -58,8 +58,15 @@ class CheckpointManager:
         return ckpt.state_digest(state)
 
     def save(self, state: ckpt.TrainerState) -> None:
-        """Write a checkpoint of the current step (collective)."""
+        """Write a checkpoint of the current step (collective); a failed write (a full disk) is one line that
+        says the previous checkpoint is intact."""
         folder = ckpt.tmp_dir(self.run_dir, state.step)
+        try:
+            self._write(folder, state)
+        except OSError as exc:
+            raise ckpt.write_failed(exc, folder) from None
+
+    def _write(self, folder: Path, state: ckpt.TrainerState) -> None:
         if self.acc.is_main_process:
             folder.mkdir(parents=True, exist_ok=True)
         self.acc.wait_for_everyone()

@@ -49,7 +49,7 @@ class Trainer:
     budget or SIGTERM. ``callbacks`` run after the built-in ones."""
 
     def __init__(self, cfg: DictConfig, callbacks: list[Callback] | None = None) -> None:
-        self.cfg = cfg  # as resolved: saved into the run folder
+        self.cfg = absolute_data(cfg)  # as resolved: saved into the run folder
         self.opts: RunConfig = OmegaConf.to_object(cfg)  # typed copy the engine reads (DictConfig reads are slow)
         self._check(self.opts)
         t = self.opts.trainer
@@ -290,13 +290,21 @@ class Trainer:
             # would replace the first error while the writers below shut down
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         if hasattr(self, "monitor"):
-            self.monitor.close()
+            with contextlib.suppress(VaeforgeError):  # events that cannot be written: the run's own error is shown
+                self.monitor.close()
         self._release()
 
     def _release(self) -> None:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+
+def absolute_data(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``data.shards`` as an absolute path: the run records where its data is, so it is resumed and
+    used (``input=val``, evaluate) from any working directory."""
+    shards = str(Path(cfg.data.shards).resolve())
+    return OmegaConf.merge(cfg, {"data": {"shards": shards}})  # type: ignore[return-value]
 
 
 @contextlib.contextmanager

@@ -1,0 +1,73 @@
+"""A disk that fills up during training (issue 22 item 8) ends the run with one line naming the path, saying the
+disk is full and, for a checkpoint, that the previous one is intact; after space is freed, ``resume=true``
+continues from it. The disk is a real full filesystem: a small tmpfs mounted in a user and mount namespace
+(``unshare``, no root needed where unprivileged user namespaces are allowed), filled with ``dd``."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers import PY, TINY, env
+
+# Runs as root of its own namespaces: mount a 8 MB tmpfs on $FULL, train 4 steps, fill the tmpfs, continue to
+# step 8 (must fail), free the space, continue again (must work). "$@" are the training arguments.
+SCRIPT = """
+mount -t tmpfs -o size=8m tmpfs "$FULL" || exit 90
+"$PY" -m vaeforge.train "$@" trainer.max_steps=4 > "$OUT/first.log" 2>&1 || exit 91
+dd if=/dev/zero of="$FULL/filler" bs=64k 2>/dev/null
+"$PY" -m vaeforge.train "$@" resume=true trainer.max_steps=8 > "$OUT/full.out" 2> "$OUT/full.err"
+echo $? > "$OUT/full.rc"
+ls "$FULL" > "$OUT/left"
+rm "$FULL/filler"
+"$PY" -m vaeforge.train "$@" resume=true trainer.max_steps=8 > "$OUT/freed.log" 2>&1 || exit 92
+"""
+
+
+def fill_during_training(full: Path, lfw64: Path, tmp_path: Path) -> Path:
+    """Run SCRIPT with a tmpfs on ``full`` (a folder of the run); returns the folder holding its outputs."""
+    if shutil.which("unshare") is None:
+        pytest.fail("this test needs unshare (util-linux) to mount a small tmpfs")
+    out = tmp_path / "out"
+    out.mkdir()
+    full.mkdir(parents=True)
+    args = [*TINY, f"data.shards={lfw64}", f"run_dir={full.parent}", "trainer.checkpoint_every=4"]
+    proc = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", SCRIPT, "sh", *args],
+                          env=env(FULL=str(full), OUT=str(out), PY=PY), capture_output=True, text=True,
+                          timeout=900)
+    logs = "\n".join(f"{p.name}: {p.read_text()[-2000:]}" for p in sorted(out.iterdir()))
+    assert proc.returncode == 0, f"{proc.returncode}: {proc.stderr}\n{logs}"
+    return out
+
+
+def one_line_error(out: Path) -> str:
+    lines = (out / "full.err").read_text().strip().splitlines()
+    assert (out / "full.rc").read_text().strip() == "2" and len(lines) == 1, lines
+    return lines[0]
+
+
+def test_disk_full_during_a_checkpoint_names_it_and_keeps_the_previous_one(lfw64, tmp_path, tally):
+    checkpoints = tmp_path / "run" / "checkpoints"
+    out = fill_during_training(checkpoints, lfw64, tmp_path)
+    line = one_line_error(out)
+    tally["cases"] += 1
+    tally["refused"] += 1
+    assert f"disk full while writing {checkpoints / 'step_00000008.tmp'}/" in line, line
+    assert "(checkpoint step_00000008)" in line
+    assert f"the previous checkpoint {checkpoints / 'step_00000004'} is intact" in line
+    assert "free space" in line and "resume=true" in line
+    assert (out / "left").read_text().split() == ["filler", "step_00000004"]  # the half-written one is removed
+    assert f"resumed from {checkpoints / 'step_00000004'}" in (out / "freed.log").read_text()
+
+
+def test_disk_full_under_tensorboard_names_the_folder(lfw64, tmp_path, tally):
+    events = tmp_path / "run" / "tb"
+    out = fill_during_training(events, lfw64, tmp_path)
+    line = one_line_error(out)
+    tally["cases"] += 1
+    tally["refused"] += 1
+    assert f"cannot write TensorBoard events in {events}: disk full" in line, line
+    assert "free space" in line and "resume=true" in line
+    assert "resumed from" in (out / "freed.log").read_text()
