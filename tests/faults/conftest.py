@@ -21,6 +21,11 @@ def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest 
             f"fault suite: trials run {TALLY['trials']}, faults injected {TALLY['faults']}, "
             f"resumes intact {TALLY['resumes_intact']}/{TALLY['resumes']}, data items lost {TALLY['items_lost']}"
         )
+    if TALLY["rank_failures"]:
+        terminalreporter.write_line(
+            f"rank failures: {TALLY['rank_failures']} two-process jobs ended non-zero with the real error printed "
+            f"once, the slowest {TALLY['slowest_end_s']} s after its fault (start-up included), none hung"
+        )
     if TALLY["cases"]:
         terminalreporter.write_line(
             f"hostile inputs: refused in one line {TALLY['refused']}/{TALLY['cases']}, files written outside their "
