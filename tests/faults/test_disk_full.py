@@ -10,23 +10,25 @@ from pathlib import Path
 
 import pytest
 
-from helpers import PY, TINY, env
+from helpers import BIN, PY, TINY, env, free_port
 
 # Runs as root of its own namespaces: mount a 8 MB tmpfs on $FULL, train 4 steps, fill the tmpfs, continue to
-# step 8 (must fail), free the space, continue again (must work). "$@" are the training arguments.
+# step 8 (must fail), free the space, continue again (must work). $TRAIN is the training command (word-split),
+# "$@" are the training arguments.
 SCRIPT = """
 mount -t tmpfs -o size=8m tmpfs "$FULL" || exit 90
-"$PY" -m vaeforge.train "$@" trainer.max_steps=4 > "$OUT/first.log" 2>&1 || exit 91
+$TRAIN "$@" trainer.max_steps=4 > "$OUT/first.log" 2>&1 || exit 91
 dd if=/dev/zero of="$FULL/filler" bs=64k 2>/dev/null
-"$PY" -m vaeforge.train "$@" resume=true trainer.max_steps=8 > "$OUT/full.out" 2> "$OUT/full.err"
+$TRAIN "$@" resume=true trainer.max_steps=8 > "$OUT/full.out" 2> "$OUT/full.err"
 echo $? > "$OUT/full.rc"
 ls "$FULL" > "$OUT/left"
 rm "$FULL/filler"
-"$PY" -m vaeforge.train "$@" resume=true trainer.max_steps=8 > "$OUT/freed.log" 2>&1 || exit 92
+$TRAIN "$@" resume=true trainer.max_steps=8 > "$OUT/freed.log" 2>&1 || exit 92
 """
 
 
-def fill_during_training(full: Path, lfw64: Path, tmp_path: Path) -> Path:
+def fill_during_training(full: Path, lfw64: Path, tmp_path: Path, train: str = f"{PY} -m vaeforge.train",
+                         **extra_env: str) -> Path:
     """Run SCRIPT with a tmpfs on ``full`` (a folder of the run); returns the folder holding its outputs."""
     if shutil.which("unshare") is None:
         pytest.fail("this test needs unshare (util-linux) to mount a small tmpfs")
@@ -35,7 +37,8 @@ def fill_during_training(full: Path, lfw64: Path, tmp_path: Path) -> Path:
     full.mkdir(parents=True)
     args = [*TINY, f"data.shards={lfw64}", f"run_dir={full.parent}", "trainer.checkpoint_every=4"]
     proc = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", SCRIPT, "sh", *args],
-                          env=env(FULL=str(full), OUT=str(out), PY=PY), capture_output=True, text=True,
+                          env=env(FULL=str(full), OUT=str(out), TRAIN=train, **extra_env), capture_output=True,
+                          text=True,
                           timeout=900)
     logs = "\n".join(f"{p.name}: {p.read_text()[-2000:]}" for p in sorted(out.iterdir()))
     assert proc.returncode == 0, f"{proc.returncode}: {proc.stderr}\n{logs}"
@@ -71,3 +74,24 @@ def test_disk_full_under_tensorboard_names_the_folder(lfw64, tmp_path, tally):
     assert f"cannot write TensorBoard events in {events}: disk full" in line, line
     assert "free space" in line and "resume=true" in line
     assert "resumed from" in (out / "freed.log").read_text()
+
+
+def test_disk_full_during_a_deepspeed_checkpoint_on_two_ranks_names_it(lfw64, tmp_path, tally):
+    """DeepSpeed writes its shards with torch.save, whose failed write carries no cause: still one line."""
+    from test_distributed import EXTENSIONS, REPO
+
+    checkpoints = tmp_path / "run" / "checkpoints"
+    launch = (f"{BIN / 'accelerate'} launch --config_file {REPO / 'recipes/accelerate/zero2.yaml'} "
+              f"--main_process_port {free_port()} -m vaeforge.train")
+    out = fill_during_training(checkpoints, lfw64, tmp_path, launch, TORCH_EXTENSIONS_DIR=str(EXTENSIONS),
+                               GLOO_SOCKET_IFNAME="lo")
+    err = (out / "full.err").read_text()
+    tally["cases"] += 1
+    assert (out / "full.rc").read_text().strip() != "0"
+    errors = [line for line in err.splitlines() if line.startswith("vaeforge: error: ")]
+    assert errors and all("disk full while writing" in line for line in errors), err[-3000:]  # each rank its file
+    assert all(f"the previous checkpoint {checkpoints / 'step_00000004'} is intact" in line for line in errors)
+    tally["refused"] += 1
+    print(f"DeepSpeed checkpoint on a full disk: {len(errors)} of 2 ranks named it, the other stopped as a peer")
+    assert "step_00000004" in (out / "left").read_text().split()  # the .tmp is deleted by the next start
+    assert f"resumed from {checkpoints / 'step_00000004'}" in (out / "freed.log").read_text()

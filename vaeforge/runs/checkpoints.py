@@ -11,6 +11,7 @@ checkpoint folder must come from a source you trust. Everything vaeforge reads i
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -34,6 +35,8 @@ PREFIX = "step_"
 TMP = ".tmp"
 DEEPSPEED = "deepspeed"  # DeepSpeed's sharded model/optimizer states (tag and sub-folder)
 DEEPSPEED_INFO = "deepspeed.json"
+TORCH_SAVE_WRITE_ERRORS = ("basic_ios::clear", "failed writing file", "unexpected pos")  # torch.save's failed writes
+FULL_DISK_BYTES = 16 << 20
 STEP_DIR = re.compile(rf"^{PREFIX}(\d{{8}})$")
 
 
@@ -220,10 +223,12 @@ def discard(folder: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def write_failed(exc: OSError, folder: Path) -> CheckpointError:
-    """The one line for a checkpoint whose ``.tmp`` ``folder`` could not be written (the folder is deleted here,
-    giving back its space); the checkpoints before it are untouched."""
-    shutil.rmtree(folder, ignore_errors=True)
+def write_failed(exc: OSError, folder: Path, remove: bool = True) -> CheckpointError:
+    """The one line for a checkpoint whose ``.tmp`` ``folder`` could not be written; the checkpoints before it are
+    untouched. With ``remove`` (one process: no other rank may still be writing into it) the folder is deleted
+    here, giving back its space; else the next start deletes it."""
+    if remove:
+        shutil.rmtree(folder, ignore_errors=True)
     latest = latest_checkpoint(folder.parent.parent)
     kept = f"the previous checkpoint {latest} is intact" if latest else "no checkpoint was written before it"
     problem, fix = write_failure(exc)
@@ -291,8 +296,17 @@ def _sha256(path: Path) -> str:
 
 
 def save_deepspeed(engine: Any, folder: Path) -> None:
-    """Every rank writes its DeepSpeed shards into ``folder/deepspeed`` (collective)."""
-    engine.save_checkpoint(str(folder), tag=DEEPSPEED, save_latest=False)
+    """Every rank writes its DeepSpeed shards into ``folder/deepspeed`` (collective). DeepSpeed writes them with
+    ``torch.save``, which reports a failed write as a RuntimeError without its cause: it is raised as the OSError
+    it is (a full disk when the disk has under ``FULL_DISK_BYTES`` left), so the one-line checkpoint error
+    names it."""
+    try:
+        engine.save_checkpoint(str(folder), tag=DEEPSPEED, save_latest=False)
+    except RuntimeError as exc:
+        if not any(sign in str(exc) for sign in TORCH_SAVE_WRITE_ERRORS):
+            raise
+        full = shutil.disk_usage(folder).free < FULL_DISK_BYTES
+        raise OSError(errno.ENOSPC if full else errno.EIO, str(exc).splitlines()[0], str(folder / DEEPSPEED)) from exc
 
 
 def describe_deepspeed(folder: Path, stage: int) -> None:

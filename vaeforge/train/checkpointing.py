@@ -64,7 +64,7 @@ class CheckpointManager:
         try:
             self._write(folder, state)
         except OSError as exc:
-            raise ckpt.write_failed(exc, folder) from None
+            raise ckpt.write_failed(exc, folder, remove=self.acc.num_processes == 1) from None
 
     def _write(self, folder: Path, state: ckpt.TrainerState) -> None:
         if self.acc.is_main_process:
