@@ -8,10 +8,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
-from ..data.images import crop_resize, load_image
+from ..data.images import IMAGE_SUFFIXES, crop_resize, load_image
 from ..errors import DataError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 LFW_SOURCE_SIZE = 250  # the crop box of an LFW manifest is in pixels of the 250x250 originals
 PADDING = 2  # pixels between grid cells
 CAPTION_HEIGHT = 14  # pixels of the caption strip above a labelled grid
