@@ -1,7 +1,7 @@
-"""``python -m vaeforge.prepare [dataset=lfw] source=<url|archive|folder> out=<dir> [key=value ...]``.
+"""``python -m vaeforge.prepare [dataset=lfw|folder] source=<url|archive|folder> out=<dir> [key=value ...]``.
 
-Builds WebDataset shards and ``manifest.json`` (see :mod:`vaeforge.data.build`) from LFW;
-each dataset has its own options (``vaeforge prepare dataset=NAME --help``).
+Builds WebDataset shards and ``manifest.json`` (see :mod:`vaeforge.data.build`) from LFW or from any image folder;
+each dataset has its own options (``vaeforge prepare dataset=folder --help``).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ SKIPPED_SHOWN = 20  # skipped images named in the summary; manifest.json lists t
 class DatasetChoice:
     """The option that picks a dataset, and with it the other options."""
 
-    dataset: str = choice(DEFAULT, tuple(DATASETS))  # lfw: LFW's layout and label files
+    dataset: str = choice(DEFAULT, tuple(DATASETS))  # lfw: LFW's layout and label files; folder: any images, a labels CSV
 
 
 # Per dataset: its options dataclass with `dataset=` added (what the command line checks, --help and docs show).
@@ -38,7 +38,7 @@ def _dataset(args: dict[str, Any]) -> str:
 
 
 def _help(args: dict[str, Any]) -> str:
-    """The options of the dataset named (``dataset=NAME --help``), LFW's by default."""
+    """The options of the dataset named (``dataset=folder --help``), LFW's by default."""
     name = _dataset(args)
     usage = f"vaeforge prepare dataset={name} source=<url|archive|folder> out=<dir> [key=value ...]"
     about = f"Build WebDataset shards and manifest.json.\n\ndataset={name}: {inspect.getdoc(DATASETS[name].options)}"

@@ -1,7 +1,7 @@
 """A dataset -> WebDataset shards + ``manifest.json``, split by identity (or by image), built atomically and
 idempotently.
 
-A dataset (:mod:`.lfw`; see :class:`~.dataset.Dataset`) says which files of its source are its
+A dataset (:mod:`.lfw`, :mod:`.folder`; see :class:`~.dataset.Dataset`) says which files of its source are its
 images, their identities and labels and how they are cut; the rest is here and the same for every dataset.
 Output (read by the streaming loader): ``train-000000.tar``..., ``val-000000.tar``... with samples
 ``<key>.npy`` (cropped, resized RGB pixels, uint8 ``[H, W, 3]``) and ``<key>.json`` ({identity, file, labels}),
@@ -33,11 +33,12 @@ from ..config.loader import validate_options
 from ..errors import ConfigError, DataError, unknown_choice
 from .dataset import Dataset, PrepareConfig, SourceImage, source_digest
 from .download import checksum_mismatch, fetch, file_digest, parse_checksum
+from .folder import FOLDER
 from .images import Crop, crop_box, crop_resize, decode_image
 from .labels import BINARY, Labels
 from .lfw import LFW
 
-DATASETS = {dataset.name: dataset for dataset in (LFW,)}
+DATASETS = {dataset.name: dataset for dataset in (LFW, FOLDER)}
 MANIFEST = "manifest.json"
 FORMAT = 2  # 1: PNG pixels (still read by the loader; prepare rebuilds it); 2: .npy pixels
 KNOWN_FORMATS = (1, 2)  # outputs of these formats are ours: replaced when out of date, never refused

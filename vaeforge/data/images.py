@@ -16,7 +16,8 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # image files, by name, in folders and archives
-Crop = Sequence[int]  # a box [left, top, right, bottom]: a manifest's "crop"
+CROP_MODES = ("center", "none", "box")
+Crop = str | Sequence[int]  # "center", "none" or a box [left, top, right, bottom]: a manifest's "crop"
 Box = tuple[int, int, int, int]
 
 
@@ -58,9 +59,17 @@ def check_box(box: Any, key: str, within: tuple[int, int] | None = None) -> list
 
 
 def crop_box(crop: Crop, size: tuple[int, int], where: str) -> Box:
-    """The box (left, top, right, bottom) that ``crop`` cuts from an image of ``size`` (width, height); one the
-    image does not hold is a DataError naming ``where``."""
+    """The box (left, top, right, bottom) that ``crop`` cuts from an image of ``size`` (width, height).
+
+    ``center``: the largest centred square; ``none``: the whole image; a box: that box. A box the image does not
+    hold is a DataError naming ``where``."""
     width, height = size
+    if crop == "none":
+        return 0, 0, width, height
+    if crop == "center":
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        return left, top, left + side, top + side
     left, top, right, bottom = crop
     if right > width or bottom > height:
         raise DataError(f"{where}: image is {width}x{height}, smaller than the crop box {list(crop)}")
