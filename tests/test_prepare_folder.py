@@ -18,7 +18,7 @@ from PIL import Image
 
 from helpers import TINY, task, train
 from vaeforge.data.build import prepare
-from vaeforge.data.images import crop_resize
+from vaeforge.data.images import crop_box, crop_resize
 from vaeforge.data.lfw import read_attributes
 from vaeforge.data.splits import read_split
 from vaeforge.errors import ConfigError, DataError
@@ -125,6 +125,7 @@ def by_image(celeba, tmp_path_factory) -> Path:
 def test_manifest_of_a_folder(by_image, celeba):
     manifest, rows = manifest_of(by_image), celeba["rows"]
     assert manifest["dataset"] == "folder" and manifest["crop"] == "center" and manifest["image_size"] == 64
+    assert manifest["source_size"] is None  # the images have several sizes
     splits = manifest["splits"]
     assert splits["train"]["count"] + splits["val"]["count"] == len(rows) and manifest["skipped"] == []
     assert splits["train"]["identities"] == splits["val"]["identities"] == []
@@ -228,6 +229,17 @@ def test_crop_modes(shapes, tmp_path, crop, box, expected):
         assert np.array_equal(sample["pixels"], np.asarray(crop_resize(original, expected[file], 32))), file
 
 
+def test_task_inputs_are_cut_as_the_dataset_was():
+    """A task's input files get the manifest's crop: a box scaled from the dataset's source size when its images all
+    had one (LFW's 250x250, CelebA's 178x218), else as it is."""
+    assert crop_box("center", (300, 200), "in.png") == (50, 0, 250, 200)
+    assert crop_box("none", (300, 200), "in.png") == (0, 0, 300, 200)
+    assert crop_box([0, 20, 178, 198], (356, 436), "in.png", [178, 218]) == (0, 40, 356, 396)
+    assert crop_box([0, 20, 178, 198], (356, 436), "in.png") == (0, 20, 178, 198)
+    with pytest.raises(DataError, match=r"in.png: image is 100x100, smaller than the crop box \[0, 20, 178, 198\]"):
+        crop_box([0, 20, 178, 198], (100, 100), "in.png")
+
+
 def test_an_image_smaller_than_the_box_is_named_or_skipped(shapes, tmp_path):
     with pytest.raises(DataError, match=rf"{shapes / 'small.png'}: image is 120x160, smaller than the crop box "
                                         r"\[0, 0, 150, 150\]; on_error=skip"):
@@ -314,7 +326,7 @@ def test_cli_summary(celeba, tmp_path):
 
 # --- the trainer and the tasks on it, unchanged --------------------------------------------------------------------
 
-def test_training_and_tasks_run_on_a_folder_dataset(by_image, tmp_path):
+def test_training_and_tasks_run_on_a_folder_dataset(by_image, shapes, tmp_path):
     run_dir = tmp_path / "run"
     train(*TINY, f"data.shards={by_image}", f"run_dir={run_dir}", "trainer.max_steps=4")
     assert (run_dir / "checkpoints" / "step_00000004").is_dir()
@@ -323,3 +335,6 @@ def test_training_and_tasks_run_on_a_folder_dataset(by_image, tmp_path):
          f"output={edit}")
     summary = json.loads((edit / "summary.json").read_text())
     assert summary["kind"] == "binary" and summary["vector_images"] > 0 and len(summary["images"]) == 2
+    rec = tmp_path / "rec"
+    task("task=reconstruct", f"run_dir={run_dir}", f"input={shapes}", f"output={rec}")  # center-cut as prepared
+    assert sorted(p.name for p in rec.glob("*.png") if p.name != "grid.png") == ["small.png", "tall.png", "wide.png"]

@@ -199,6 +199,7 @@ def _write(folder: Path, dataset: Dataset, splits: dict[str, list[SourceImage]],
         "dataset": dataset.name,
         "image_size": config["image_size"],
         "crop": writer.crop,
+        "source_size": list(next(iter(writer.sizes))) if len(writer.sizes) == 1 else None,
         "channels": 3,
         "splits": {split: info for split, (info, _) in written.items()},
         "label_columns": _label_columns(labels, [image for _, images in written.values() for image in images]),
@@ -214,7 +215,8 @@ def _write(folder: Path, dataset: Dataset, splits: dict[str, list[SourceImage]],
 
 @dataclass
 class _ShardWriter:
-    """Writes the splits' shards, counting progress on ``bar``; keeps the images it left out (``skipped``)."""
+    """Writes the splits' shards, counting progress on ``bar``; keeps the images it left out (``skipped``) and the
+    sizes of those it wrote (``sizes``: the manifest's ``source_size`` when there is one)."""
 
     folder: Path
     dataset: Dataset
@@ -222,6 +224,7 @@ class _ShardWriter:
     config: dict[str, Any]
     bar: tqdm
     skipped: list[dict[str, str]] = field(default_factory=list)
+    sizes: set[tuple[int, int]] = field(default_factory=set)
 
     @property
     def crop(self) -> Crop:
@@ -268,6 +271,7 @@ class _ShardWriter:
         self.dataset.check(decoded, image.where)
         box = crop_box(self.crop, decoded.size, image.where)
         pixels = crop_resize(decoded, box, self.config["image_size"])
+        self.sizes.add(decoded.size)
         meta = {"identity": image.identity, "file": image.file, "labels": self.labels.values.get(image.file, {})}
         buffer = io.BytesIO()
         np.save(buffer, np.asarray(pixels, dtype=np.uint8), allow_pickle=False)

@@ -58,11 +58,12 @@ def check_box(box: Any, key: str, within: tuple[int, int] | None = None) -> list
     return values
 
 
-def crop_box(crop: Crop, size: tuple[int, int], where: str) -> Box:
+def crop_box(crop: Crop, size: tuple[int, int], where: str, reference: Sequence[int] | None = None) -> Box:
     """The box (left, top, right, bottom) that ``crop`` cuts from an image of ``size`` (width, height).
 
-    ``center``: the largest centred square; ``none``: the whole image; a box: that box. A box the image does not
-    hold is a DataError naming ``where``."""
+    ``center``: the largest centred square; ``none``: the whole image; a box: that box, scaled from the
+    ``reference`` size (width, height) to ``size`` when one is given. A box the image does not hold is a
+    DataError naming ``where``."""
     width, height = size
     if crop == "none":
         return 0, 0, width, height
@@ -71,6 +72,9 @@ def crop_box(crop: Crop, size: tuple[int, int], where: str) -> Box:
         left, top = (width - side) // 2, (height - side) // 2
         return left, top, left + side, top + side
     left, top, right, bottom = crop
+    if reference is not None:
+        sx, sy = width / reference[0], height / reference[1]
+        left, top, right, bottom = round(left * sx), round(top * sy), round(right * sx), round(bottom * sy)
     if right > width or bottom > height:
         raise DataError(f"{where}: image is {width}x{height}, smaller than the crop box {list(crop)}")
     return left, top, right, bottom
