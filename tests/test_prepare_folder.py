@@ -18,7 +18,7 @@ from PIL import Image
 
 from helpers import TINY, task, train
 from vaeforge.data.build import prepare
-from vaeforge.data.images import crop_box, crop_resize
+from vaeforge.data.images import crop_box, crop_resize, decode_image
 from vaeforge.data.lfw import read_attributes
 from vaeforge.data.splits import read_split
 from vaeforge.errors import ConfigError, DataError
@@ -238,6 +238,15 @@ def test_task_inputs_are_cut_as_the_dataset_was():
     assert crop_box([0, 20, 178, 198], (356, 436), "in.png") == (0, 20, 178, 198)
     with pytest.raises(DataError, match=r"in.png: image is 100x100, smaller than the crop box \[0, 20, 178, 198\]"):
         crop_box([0, 20, 178, 198], (100, 100), "in.png")
+
+
+def test_a_camera_photo_is_turned_upright():
+    """A phone stores a portrait as landscape pixels and an EXIF orientation; cutting those would cut sideways."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to view
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), "red").save(buffer, format="JPEG", exif=exif)
+    assert decode_image(buffer.getvalue(), "phone.jpg").size == (30, 40)
 
 
 def test_an_image_smaller_than_the_box_is_named_or_skipped(shapes, tmp_path):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import ConfigError, DataError
 
@@ -22,12 +22,14 @@ Box = tuple[int, int, int, int]
 
 
 def decode_image(data: bytes, where: str) -> Image.Image:
-    """Fully decode image bytes; ``where`` (a file or archive member) names the image in the DataError."""
+    """Fully decode image bytes, upright (a camera's EXIF orientation applied); ``where`` (a file or archive
+    member) names the image in the DataError."""
     if not data:
         raise DataError(f"{where}: not a readable image (the file is empty)")
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
+        ImageOps.exif_transpose(img, in_place=True)
     except UnidentifiedImageError:
         raise DataError(f"{where}: not a readable image (no image format Pillow knows)") from None
     except _DECODE_ERRORS as exc:
