@@ -20,7 +20,7 @@ def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
 @pytest.mark.parametrize("verb, cls, prefix", [("train", RunConfig, ""), *_verb_options()],
                          ids=lambda v: v if isinstance(v, str) else "")
 def test_help_lists_every_option_with_type_and_default(capsys, verb, cls, prefix):
-    code, out, err = run(capsys, verb, "--help")
+    code, out, err = run(capsys, *verb.split(), "--help")
     assert code == 0 and not err and out.startswith(f"usage: vaeforge {verb}")
     lines = out.splitlines()
     for key, type_name, default, _, _ in rows(cls, prefix):

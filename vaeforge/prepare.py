@@ -1,64 +1,49 @@
-"""``python -m vaeforge.prepare dataset=lfw source=<url|.tgz|folder> out=<dir> [key=value ...]``.
+"""``python -m vaeforge.prepare [dataset=lfw|folder] source=<url|archive|folder> out=<dir> [key=value ...]``.
 
-Builds WebDataset shards and ``manifest.json`` (see :mod:`vaeforge.data.build`). ``labels=<dir>`` picks up
-whichever of the standard LFW label files exist in that folder; an explicit ``attributes=`` etc. wins.
+Builds WebDataset shards and ``manifest.json`` (see :mod:`vaeforge.data.build`) from LFW or from any image folder;
+each dataset has its own options (``vaeforge prepare dataset=folder --help``).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import inspect
+from dataclasses import dataclass, make_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .cli.args import user_errors_exit
 from .cli.options import help_text, read_args
 from .config.fields import choice
 from .config.loader import validate_options
-from .data.build import PrepareConfig
-from .data.build import prepare as prepare_lfw
-from .errors import DataError
+from .data.build import DATASETS, build
 
-DATASETS = {"lfw": prepare_lfw}
-LABEL_DIR_FILES = {
-    "attributes": "lfw_attributes.txt",
-    "emotions": "lfw_emotions.csv",
-    "gender_male": "lfw_gender_male.txt",
-    "gender_female": "lfw_gender_female.txt",
-}
-ABOUT = "Build WebDataset shards and manifest.json from LFW: identity-disjoint train/val split, labels joined."
+DEFAULT = "lfw"
 SKIPPED_SHOWN = 20  # skipped images named in the summary; manifest.json lists them all
-USAGE = "vaeforge prepare source=<url|.tgz|folder> out=<dir> [labels=<dir>] [key=value ...]"
 
 
 @dataclass
-class PrepareOptions(PrepareConfig):
-    """``vaeforge prepare``: the dataset's settings plus a folder of label files."""
+class DatasetChoice:
+    """The option that picks a dataset, and with it the other options."""
 
-    dataset: str = choice("lfw", tuple(DATASETS))  # the dataset being prepared
-    labels: Optional[str] = None  # folder holding the standard LFW label files; an explicit attributes= etc. wins
-
-
-def _label_files(folder: Path) -> dict[str, str]:
-    """The standard label files present in ``folder``, as option -> path."""
-    if not folder.is_dir():
-        raise DataError(f"labels={folder}: no such folder")
-    found = {option: str(folder / name) for option, name in LABEL_DIR_FILES.items() if (folder / name).is_file()}
-    if not found:
-        raise DataError(f"labels={folder}: none of {', '.join(LABEL_DIR_FILES.values())} is in it")
-    return found
+    dataset: str = choice(DEFAULT, tuple(DATASETS))  # lfw: LFW's layout and label files; folder: any images, a labels CSV
 
 
-def _resolve(args: dict[str, Any]) -> dict[str, Any]:
-    """Check the options and expand ``labels=<dir>``: the dataset and its preparer's arguments."""
-    options = asdict(validate_options(PrepareOptions, args, "prepare"))
-    labels = options.pop("labels")
-    if labels is not None:
-        for option, path in _label_files(Path(labels)).items():
-            options[option] = options[option] or path
-    return options
+# Per dataset: its options dataclass with `dataset=` added (what the command line checks, --help and docs show).
+OPTIONS = {name: make_dataclass(f"{name.capitalize()}Options", [], bases=(dataset.options, DatasetChoice))
+           for name, dataset in DATASETS.items()}
 
 
-def _help(_: dict[str, Any]) -> str:
-    return help_text(USAGE, ABOUT, [("options (key=value)", PrepareOptions, "")])
+def _dataset(args: dict[str, Any]) -> str:
+    """The dataset named by ``dataset=`` (lfw when none is), checked."""
+    return validate_options(DatasetChoice, {"dataset": args.get("dataset", DEFAULT)}, "prepare").dataset
+
+
+def _help(args: dict[str, Any]) -> str:
+    """The options of the dataset named (``dataset=folder --help``), LFW's by default."""
+    name = _dataset(args)
+    usage = f"vaeforge prepare dataset={name} source=<url|archive|folder> out=<dir> [key=value ...]"
+    about = f"Build WebDataset shards and manifest.json.\n\ndataset={name}: {inspect.getdoc(DATASETS[name].options)}"
+    note = f"datasets: {', '.join(DATASETS)} (the options of each: vaeforge prepare dataset=NAME --help)"
+    return help_text(usage, about, [(f"options of dataset={name} (key=value)", OPTIONS[name], "")], note)
 
 
 def _summary(manifest: dict[str, Any], out: str) -> str:
@@ -66,8 +51,8 @@ def _summary(manifest: dict[str, Any], out: str) -> str:
     lines = [f"prepared {manifest['dataset']}: {manifest['image_size']}x{manifest['image_size']} RGB, "
              f"crop {manifest['crop']}"]
     for split, info in manifest["splits"].items():
-        lines.append(f"  {split:5s} {info['count']:7,d} images {len(info['identities']):6,d} identities "
-                     f"{len(info['shards']):3d} shards")
+        identities = f" {len(info['identities']):6,d} identities" if info["identities"] else ""
+        lines.append(f"  {split:5s} {info['count']:7,d} images{identities} {len(info['shards']):3d} shards")
     for kind in ("real", "binary"):
         names = [name for name, column in manifest["label_columns"].items() if column["kind"] == kind]
         if names:
@@ -85,9 +70,10 @@ def _summary(manifest: dict[str, Any], out: str) -> str:
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
     """Parse ``key=value`` arguments, prepare the dataset and print a summary."""
-    options = _resolve(read_args(argv, _help))
-    manifest = DATASETS[options.pop("dataset")](**options)
-    print(_summary(manifest, options["out"]))
+    args = read_args(argv, _help)
+    name = _dataset(args)
+    options = validate_options(OPTIONS[name], args, "prepare")
+    print(_summary(build(DATASETS[name], options), options.out))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from ..errors import ConfigError, unknown_choice
 USAGE = """usage: vaeforge <verb> [key=value ...]   (vaeforge <verb> --help: its options)
 
 verbs:
-  prepare   LFW archive or folder -> WebDataset shards + manifest.json
+  prepare   LFW, or any folder or archive of images (dataset=folder) -> WebDataset shards + manifest.json
   lpips     download the official LPIPS weights (or convert local .pth files: trunk=, head=) into the cache
   train     train a recipe (use `accelerate launch -m vaeforge.train` for several processes)
   run       run a task (reconstruct, sample, ...) on a trained run

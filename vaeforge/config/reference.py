@@ -62,15 +62,17 @@ def _table(entries: list[tuple[str, str, str, str, str]]) -> list[str]:
 
 
 def _verb_options() -> list[tuple[str, type, str]]:
-    """(verb, options dataclass, key prefix) of every verb but train, whose options are the run config."""
+    """(command, options dataclass, key prefix) of every verb but train, whose options are the run config; a
+    command is the verb and, where one option picks the others, that option (``prepare dataset=folder``)."""
     from ..cli import PluginsOptions
     from ..models.lpips_weights import LpipsOptions
-    from ..prepare import PrepareOptions
+    from ..prepare import OPTIONS
     from ..runs.report import ReportOptions
     from ..submit import SlurmConfig
     from ..tasks.runner import TaskOptions
 
-    return [("prepare", PrepareOptions, ""), ("lpips", LpipsOptions, ""), ("run", TaskOptions, ""),
+    prepare = [(f"prepare dataset={name}", options, "") for name, options in OPTIONS.items()]
+    return [*prepare, ("lpips", LpipsOptions, ""), ("run", TaskOptions, ""),
             ("submit", SlurmConfig, "slurm."), ("report", ReportOptions, ""), ("plugins", PluginsOptions, "")]
 
 

@@ -1,5 +1,8 @@
-"""LFW -> WebDataset shards + ``manifest.json``, split by identity, built atomically and idempotently.
+"""A dataset -> WebDataset shards + ``manifest.json``, split by identity (or by image), built atomically and
+idempotently.
 
+A dataset (:mod:`.lfw`, :mod:`.folder`; see :class:`~.dataset.Dataset`) says which files of its source are its
+images, their identities and labels and how they are cut; the rest is here and the same for every dataset.
 Output (read by the streaming loader): ``train-000000.tar``..., ``val-000000.tar``... with samples
 ``<key>.npy`` (cropped, resized RGB pixels, uint8 ``[H, W, 3]``) and ``<key>.json`` ({identity, file, labels}),
 and ``manifest.json``. Pixels are stored raw, not as PNG: decoding a PNG costs several times as much CPU as
@@ -20,90 +23,66 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from numbers import Real
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import numpy as np
 import webdataset as wds
-from omegaconf import MISSING
 from tqdm import tqdm
 
-from ..config.fields import at_least, choice
-from ..config.schema import ON_ERROR
 from ..config.loader import validate_options
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, unknown_choice
+from .dataset import Dataset, PrepareConfig, SourceImage, source_digest
 from .download import checksum_mismatch, fetch, file_digest, parse_checksum
-from .images import crop_resize, decode_image
-from .lfw import (
-    LFW_IMAGE_SIZE,
-    Labels,
-    LfwImage,
-    folder_digest,
-    read_attributes,
-    read_emotions,
-    read_gender,
-    read_images,
-)
+from .folder import FOLDER
+from .images import Crop, crop_box, crop_resize, decode_image
+from .labels import BINARY, Labels
+from .lfw import LFW
 
-OFFICIAL_URL = "http://vis-www.cs.umass.edu/lfw/lfw-deepfunneled.tgz"
-OFFICIAL_CHECKSUM = "md5:68331da3eb755a505a502b5aacb3c201"
+DATASETS = {dataset.name: dataset for dataset in (LFW, FOLDER)}
 MANIFEST = "manifest.json"
 FORMAT = 2  # 1: PNG pixels (still read by the loader; prepare rebuilds it); 2: .npy pixels
 KNOWN_FORMATS = (1, 2)  # outputs of these formats are ours: replaced when out of date, never refused
 DOWNLOAD_DIR = "download"
 SPLITS = ("train", "val")
-LABEL_FILES = ("attributes", "emotions", "gender_male", "gender_female")
 
 
-@dataclass
-class PrepareConfig:
-    """How an LFW source becomes shards; normalised, it is recorded as the manifest's ``config``."""
-
-    source: str = MISSING  # URL, .tgz archive or extracted folder of LFW
-    out: str = MISSING  # output folder: shards and manifest.json (replaced only once complete)
-    image_size: int = at_least(1, 64)  # side of the square RGB images written
-    crop: List[int] = field(default_factory=lambda: [50, 50, 200, 200])  # [left, top, right, bottom] box cut before resizing
-    val_fraction: float = 0.05  # share of identities in the val split, in [0, 1)
-    attributes: Optional[str] = None  # lfw_attributes.txt: 73 attribute scores per image
-    emotions: Optional[str] = None  # lfw_emotions.csv
-    gender_male: Optional[str] = None  # lfw_gender_male.txt
-    gender_female: Optional[str] = None  # lfw_gender_female.txt
-    checksum: Optional[str] = None  # md5:<hex> or sha256:<hex> of the archive (the official URL's is known)
-    train_shards: int = at_least(1, 16)  # shard files of the train split
-    val_shards: int = at_least(1, 4)  # shard files of the val split
-    seed: int = at_least(0, 0)  # seed of the identity split and the shard order
-    on_error: str = choice("raise", ON_ERROR)  # an unreadable image, or one not 250x250: raise (naming it) or skip (listed in the summary and manifest)
+def prepare(source: str | Path, out: str | Path, dataset: str = "lfw", **settings: Any) -> dict[str, Any]:
+    """Prepare ``dataset`` (a name in :data:`DATASETS`) from a URL, an archive or a folder into ``out`` with the
+    ``settings`` of its options dataclass; return the manifest."""
+    if dataset not in DATASETS:
+        raise unknown_choice("dataset", dataset, DATASETS)
+    given = {name: str(value) if isinstance(value, Path) else value for name, value in settings.items()}
+    args = {"source": str(source), "out": str(out), **given}
+    return build(DATASETS[dataset], validate_options(DATASETS[dataset].options, args, "prepare"))
 
 
-def prepare(source: str | Path, out: str | Path, **settings: Any) -> dict[str, Any]:
-    """Prepare LFW from a URL, a .tgz or a folder into ``out`` with the :class:`PrepareConfig` ``settings``;
-    return the manifest.
+def build(dataset: Dataset, options: PrepareConfig) -> dict[str, Any]:
+    """Prepare a dataset with checked options (an instance of its options dataclass); return the manifest.
 
     ``out`` is replaced only once the new output is complete; an ``out`` already built from the same
     source bytes, label files and settings is left as it is ("up to date").
     """
-    given = {name: str(value) if isinstance(value, Path) else value for name, value in settings.items()}
-    options = validate_options(PrepareConfig, {"source": str(source), "out": str(out), **given}, "prepare")
     args = asdict(options)
-    out = Path(args.pop("out")).absolute()
-    config = _config(args)
+    out = Path(args["out"]).absolute()
+    config = {**_config(args, dataset), **dataset.settings(args)}
     _check_replaceable(out)
     path = _local_source(config, out)
     source_info = {
         "path_or_url": config["source"],
-        "sha256": folder_digest(path) if path.is_dir() else file_digest(path, "sha256"),
-        "labels_sha256": {name: _label_digest(Path(config[name])) for name in LABEL_FILES if config[name]},
+        "sha256": source_digest(path, dataset.wanted),
+        "labels_sha256": {name: _label_digest(Path(config[name])) for name in dataset.label_files if config[name]},
     }
     existing = _read_manifest(out)
     if existing is not None and _is_up_to_date(existing, out, config, source_info):
         print(f"{out}: up to date (same source, labels and settings)")
         return existing
-    labels = _read_labels(config)
-    splits = split_by_identity(read_images(path), config["val_fraction"], config["seed"])
+    images, labels = dataset.read(path, config)
+    splits = split_images(_unique_keys(images), config["val_fraction"], config["seed"])
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        manifest = _build(staging, splits, labels, config, source_info)
+        manifest = _write(staging, dataset, splits, labels, config, source_info)
     except BaseException:
         shutil.rmtree(staging)
         raise
@@ -111,38 +90,24 @@ def prepare(source: str | Path, out: str | Path, **settings: Any) -> dict[str, A
     return manifest
 
 
-def _config(args: dict[str, Any]) -> dict[str, Any]:
-    """Check what the fields' types cannot (ConfigError) and normalise the arguments into the JSON recorded in
-    the manifest."""
+def _config(args: dict[str, Any], dataset: Dataset) -> dict[str, Any]:
+    """Check what the fields' types cannot (ConfigError) and normalise the options every dataset takes into the
+    JSON recorded in the manifest."""
     source = str(args["source"])
     source = source if _is_url(source) else str(Path(source).absolute())
-    checksum = args["checksum"]
-    if checksum is None and source == OFFICIAL_URL:
-        checksum = OFFICIAL_CHECKSUM
+    checksum = args["checksum"] if args["checksum"] is not None else dataset.checksums.get(source)
     if checksum is not None:
         parse_checksum(str(checksum))
     return {
         "source": source,
         "image_size": args["image_size"],
-        "crop": _crop(args["crop"]),
         "val_fraction": _fraction(args["val_fraction"]),
-        **{name: None if args[name] is None else str(Path(args[name]).absolute()) for name in LABEL_FILES},
         "checksum": None if checksum is None else str(checksum),
         "train_shards": args["train_shards"],
         "val_shards": args["val_shards"],
         "seed": args["seed"],
         "on_error": args["on_error"],
     }
-
-
-def _crop(crop: Any) -> list[int]:
-    """A crop box (left, top, right, bottom) of integers inside the 250x250 LFW images."""
-    box = list(crop) if isinstance(crop, (list, tuple)) else None
-    if (box is None or len(box) != 4 or any(isinstance(v, bool) or not isinstance(v, int) for v in box)
-            or not 0 <= box[0] < box[2] <= LFW_IMAGE_SIZE or not 0 <= box[1] < box[3] <= LFW_IMAGE_SIZE):
-        raise ConfigError(f"crop must be [left, top, right, bottom] inside the {LFW_IMAGE_SIZE}x{LFW_IMAGE_SIZE} "
-                          f"LFW images with left < right and top < bottom, got {crop!r}")
-    return box
 
 
 def _fraction(value: Any) -> float:
@@ -158,10 +123,10 @@ def _is_url(source: str) -> bool:
 
 
 def _local_source(config: dict[str, Any], out: Path) -> Path:
-    """The .tgz or folder to read: a URL is downloaded into ``out/download/``; a local .tgz is verified."""
+    """The archive or folder to read: a URL is downloaded into ``out/download/``; a local archive is verified."""
     source, checksum = config["source"], config["checksum"]
     if _is_url(source):
-        name = urllib.parse.urlsplit(source).path.rsplit("/", 1)[-1] or "lfw.tgz"
+        name = urllib.parse.urlsplit(source).path.rsplit("/", 1)[-1] or "source.tgz"
         return fetch(source, out / DOWNLOAD_DIR / name, checksum)
     path = Path(source)
     if not path.exists():
@@ -182,38 +147,39 @@ def _label_digest(path: Path) -> str:
     return file_digest(path, "sha256")
 
 
-def _read_labels(config: dict[str, Any]) -> Labels:
-    """Merge the configured label files into one label table."""
-    labels = Labels()
-    for name, reader in (("attributes", read_attributes), ("emotions", read_emotions)):
-        if config[name]:
-            labels = labels.merge(reader(Path(config[name])))
-    if config["gender_male"] or config["gender_female"]:
-        paths = [Path(config[name]) if config[name] else None for name in ("gender_male", "gender_female")]
-        labels = labels.merge(read_gender(*paths))
-    return labels
+def _unique_keys(images: list[SourceImage]) -> list[SourceImage]:
+    """The images, each sample key made by one of them (two names that differ only in their image extension
+    would make the same key)."""
+    seen: dict[str, SourceImage] = {}
+    for image in images:
+        other = seen.setdefault(image.key, image)
+        if other is not image:
+            raise DataError(f"{other.where} and {image.where} would be the same sample '{image.key}': rename or "
+                            "remove one")
+    return images
 
 
-def split_by_identity(images: list[LfwImage], val_fraction: float, seed: int) -> dict[str, list[LfwImage]]:
-    """Deterministic identity-disjoint split; train is shuffled so every shard mixes identities.
+def split_images(images: list[SourceImage], val_fraction: float, seed: int) -> dict[str, list[SourceImage]]:
+    """Deterministic split that keeps each identity on one side (an image without one is its own group, so a
+    dataset without identities is split by image); train is shuffled so every shard mixes identities.
 
-    Identities are ordered by a hash of seed and name and taken into val until it holds at least
-    ``val_fraction`` of the images.
+    Groups are ordered by a hash of seed and name and taken into val until it holds at least ``val_fraction``
+    of the images.
     """
     counts: dict[str, int] = defaultdict(int)
     for image in images:
-        counts[image.identity] += 1
+        counts[image.group] += 1
     order = sorted(counts, key=lambda name: hashlib.sha256(f"{seed}:{name}".encode()).hexdigest())
-    val_ids: set[str] = set()
+    val_groups: set[str] = set()
     val_count = 0
     for name in order:
         if val_count >= val_fraction * len(images):
             break
-        val_ids.add(name)
+        val_groups.add(name)
         val_count += counts[name]
-    train = [image for image in images if image.identity not in val_ids]
+    train = [image for image in images if image.group not in val_groups]
     random.Random(seed).shuffle(train)
-    return {"train": train, "val": [image for image in images if image.identity in val_ids]}
+    return {"train": train, "val": [image for image in images if image.group in val_groups]}
 
 
 def shard_sizes(count: int, shards: int) -> list[int]:
@@ -222,25 +188,24 @@ def shard_sizes(count: int, shards: int) -> list[int]:
     return [count // shards + (index < count % shards) for index in range(shards)]
 
 
-def _build(folder: Path, splits: dict[str, list[LfwImage]], labels: Labels, config: dict[str, Any],
-           source_info: dict[str, Any]) -> dict[str, Any]:
+def _write(folder: Path, dataset: Dataset, splits: dict[str, list[SourceImage]], labels: Labels,
+           config: dict[str, Any], source_info: dict[str, Any]) -> dict[str, Any]:
     """Write every shard and then ``manifest.json`` (last: its presence marks a complete output)."""
-    total, skipped = sum(map(len, splits.values())), []
-    with tqdm(total=total, unit="img", desc="prepare lfw") as bar:
-        written = {split: _write_split(folder, split, splits[split], labels, config, bar, skipped)
-                   for split in SPLITS}
-    split_info = {split: info for split, (info, _) in written.items()}
+    with tqdm(total=sum(map(len, splits.values())), unit="img", desc=f"prepare {dataset.name}") as bar:
+        writer = _ShardWriter(folder, dataset, labels, config, bar)
+        written = {split: writer.split(split, splits[split]) for split in SPLITS}
     manifest = {
         "format": FORMAT,
-        "dataset": "lfw",
+        "dataset": dataset.name,
         "image_size": config["image_size"],
-        "crop": config["crop"],
+        "crop": writer.crop,
+        "source_size": list(next(iter(writer.sizes))) if len(writer.sizes) == 1 else None,
         "channels": 3,
-        "splits": split_info,
+        "splits": {split: info for split, (info, _) in written.items()},
         "label_columns": _label_columns(labels, [image for _, images in written.values() for image in images]),
         "source": source_info,
         "config": config,
-        "skipped": skipped,
+        "skipped": writer.skipped,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "vaeforge_version": _version(),
     }
@@ -248,67 +213,79 @@ def _build(folder: Path, splits: dict[str, list[LfwImage]], labels: Labels, conf
     return manifest
 
 
-def _write_split(folder: Path, split: str, images: list[LfwImage], labels: Labels, config: dict[str, Any],
-                 bar: tqdm, skipped: list[dict[str, str]]) -> tuple[dict[str, Any], list[LfwImage]]:
-    """Write one split's shards; return its manifest entry (count, identities, shards with sha256) and the images
-    written. With ``on_error=skip`` a bad image is left out and appended to ``skipped``; a shard left empty is not
-    written."""
-    shards, kept, start = [], [], 0
-    for index, size in enumerate(shard_sizes(len(images), config[f"{split}_shards"])):
-        name = f"{split}-{index:06d}.tar"
-        with open(folder / name, "wb") as stream, wds.TarWriter(stream, mtime=0) as writer:
-            count = 0
-            for image in images[start:start + size]:
-                sample = _sample_or_skip(image, labels, config, skipped)
-                if sample is not None:
-                    writer.write(sample)
-                    kept.append(image)
-                    count += 1
-                bar.update()
-        start += size
-        if count:
-            shards.append({"name": name, "count": count, "sha256": file_digest(folder / name, "sha256")})
-        else:
-            (folder / name).unlink()
-    if images and not kept:
-        raise DataError(f"no image of the {split} split is usable ({len(images)} skipped; see above)")
-    info = {"count": len(kept), "identities": sorted({image.identity for image in kept}), "shards": shards}
-    return info, kept
+@dataclass
+class _ShardWriter:
+    """Writes the splits' shards, counting progress on ``bar``; keeps the images it left out (``skipped``) and the
+    sizes of those it wrote (``sizes``: the manifest's ``source_size`` when there is one)."""
+
+    folder: Path
+    dataset: Dataset
+    labels: Labels
+    config: dict[str, Any]
+    bar: tqdm
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    sizes: set[tuple[int, int]] = field(default_factory=set)
+
+    @property
+    def crop(self) -> Crop:
+        return self.dataset.crop(self.config)
+
+    def split(self, split: str, images: list[SourceImage]) -> tuple[dict[str, Any], list[SourceImage]]:
+        """Write one split's shards; return its manifest entry (count, identities, shards with sha256) and the
+        images written. A shard left empty by skipped images is not written."""
+        shards, kept, start = [], [], 0
+        for index, size in enumerate(shard_sizes(len(images), self.config[f"{split}_shards"])):
+            name = f"{split}-{index:06d}.tar"
+            with open(self.folder / name, "wb") as stream, wds.TarWriter(stream, mtime=0) as tar:
+                count = 0
+                for image in images[start:start + size]:
+                    sample = self._sample_or_skip(image)
+                    if sample is not None:
+                        tar.write(sample)
+                        kept.append(image)
+                        count += 1
+                    self.bar.update()
+            start += size
+            if count:
+                shards.append({"name": name, "count": count, "sha256": file_digest(self.folder / name, "sha256")})
+            else:
+                (self.folder / name).unlink()
+        if images and not kept:
+            raise DataError(f"no image of the {split} split is usable ({len(images)} skipped; see above)")
+        identities = sorted({image.identity for image in kept if image.identity is not None})
+        return {"count": len(kept), "identities": identities, "shards": shards}, kept
+
+    def _sample_or_skip(self, image: SourceImage) -> dict[str, Any] | None:
+        """The image's sample; None (and a ``skipped`` entry) for a bad image when ``on_error=skip``."""
+        try:
+            return self._sample(image)
+        except DataError as exc:
+            if self.config["on_error"] != "skip":
+                raise DataError(f"{exc}; on_error=skip leaves such images out") from None
+            self.skipped.append({"file": image.where, "reason": str(exc).removeprefix(f"{image.where}: ")})
+            return None
+
+    def _sample(self, image: SourceImage) -> dict[str, Any]:
+        """One WebDataset sample: the cut, resized image as an .npy uint8 array and its metadata."""
+        decoded = decode_image(image.read(), image.where)
+        self.dataset.check(decoded, image.where)
+        box = crop_box(self.crop, decoded.size, image.where)
+        pixels = crop_resize(decoded, box, self.config["image_size"])
+        self.sizes.add(decoded.size)
+        meta = {"identity": image.identity, "file": image.file, "labels": self.labels.values.get(image.file, {})}
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(pixels, dtype=np.uint8), allow_pickle=False)
+        return {"__key__": image.key, "npy": buffer.getvalue(), "json": meta}
 
 
-def _sample_or_skip(image: LfwImage, labels: Labels, config: dict[str, Any],
-                    skipped: list[dict[str, str]]) -> dict[str, Any] | None:
-    """The image's sample; None (and a ``skipped`` entry) for a bad image when ``on_error=skip``."""
-    try:
-        return _sample(image, labels, config)
-    except DataError as exc:
-        if config["on_error"] != "skip":
-            raise DataError(f"{exc}; on_error=skip leaves such images out") from None
-        skipped.append({"file": image.where, "reason": str(exc).removeprefix(f"{image.where}: ")})
-        return None
-
-
-def _sample(image: LfwImage, labels: Labels, config: dict[str, Any]) -> dict[str, Any]:
-    """One WebDataset sample: the cropped, resized image as an .npy uint8 array and its metadata."""
-    decoded = decode_image(image.data, image.where)
-    if decoded.size != (LFW_IMAGE_SIZE, LFW_IMAGE_SIZE):
-        raise DataError(f"{image.where}: image is {decoded.width}x{decoded.height}, LFW images are "
-                        f"{LFW_IMAGE_SIZE}x{LFW_IMAGE_SIZE} (the crop box is for that size)")
-    pixels = crop_resize(decoded, tuple(config["crop"]), config["image_size"])
-    meta = {"identity": image.identity, "file": image.file, "labels": labels.values.get(image.file, {})}
-    buffer = io.BytesIO()
-    np.save(buffer, np.asarray(pixels, dtype=np.uint8), allow_pickle=False)
-    return {"__key__": image.key, "npy": buffer.getvalue(), "json": meta}
-
-
-def _label_columns(labels: Labels, images: list[LfwImage]) -> dict[str, dict[str, Any]]:
+def _label_columns(labels: Labels, images: list[SourceImage]) -> dict[str, dict[str, Any]]:
     """Per column: kind, how many output images have it and, for binary columns, how many are 1."""
     rows = [labels.values[image.file] for image in images if image.file in labels.values]
     columns = {}
     for column, kind in labels.kinds.items():
         values = [row[column] for row in rows if column in row]
         columns[column] = {"kind": kind, "count": len(values)}
-        if kind == "binary":
+        if kind == BINARY:
             columns[column]["positives"] = int(sum(values))
     return columns
 

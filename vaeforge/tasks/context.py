@@ -56,7 +56,7 @@ class TaskContext:
         if self.input == VAL:
             return [(s.name, s.image) for s in self.split(VAL, self.limit)]
         m = self.model
-        items = load_inputs(self.input, m.image_size, list(m.manifest["crop"]))
+        items = load_inputs(self.input, m.image_size, m.manifest)
         return items[: self.limit] if self.limit else items
 
     def split(self, name: str, limit: int = 0) -> list[Sample]:

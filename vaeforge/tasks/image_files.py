@@ -1,18 +1,19 @@
 """Images between files and tensors: task inputs (files, folders, the val split) and PNG outputs."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
-from ..data.images import crop_resize, load_image
+from ..data.images import IMAGE_SUFFIXES, Crop, crop_box, crop_resize, load_image
 from ..errors import DataError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-LFW_SOURCE_SIZE = 250  # the crop box of an LFW manifest is in pixels of the 250x250 originals
+LFW_SOURCE_SIZE = [250, 250]  # the source size of manifests from before they recorded one (all of them LFW's)
 PADDING = 2  # pixels between grid cells
 CAPTION_HEIGHT = 14  # pixels of the caption strip above a labelled grid
 
@@ -22,17 +23,17 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1).float() / 255.0
 
 
-def fit_to_model(img: Image.Image, image_size: int, crop: list[int], source_size: int = LFW_SOURCE_SIZE
+def fit_to_model(img: Image.Image, image_size: int, crop: Crop, source_size: Sequence[int] | None, where: str
                  ) -> Image.Image:
-    """Images at the model's size are used as they are; larger ones get the dataset's crop (scaled to the
-    image's size) and resize; smaller ones are an error."""
+    """Images at the model's size are used as they are; larger ones are cut as the dataset's images were (a crop
+    box scaled from the dataset's ``source_size`` when its images all had one) and resized; smaller ones are an
+    error naming ``where``."""
     w, h = img.size
     if (w, h) == (image_size, image_size):
         return img.convert("RGB")
     if min(w, h) < image_size:
-        raise DataError(f"image of {w}x{h} is smaller than the model's {image_size}x{image_size}")
-    box = (crop[0] * w / source_size, crop[1] * h / source_size, crop[2] * w / source_size, crop[3] * h / source_size)
-    return crop_resize(img, tuple(round(v) for v in box), image_size)
+        raise DataError(f"{where}: image of {w}x{h} is smaller than the model's {image_size}x{image_size}")
+    return crop_resize(img, crop_box(crop, img.size, where, source_size), image_size)
 
 
 def image_files(spec: str | list[str]) -> list[Path]:
@@ -51,9 +52,11 @@ def image_files(spec: str | list[str]) -> list[Path]:
     return files
 
 
-def load_inputs(spec: str | list[str], image_size: int, crop: list[int]) -> list[tuple[str, torch.Tensor]]:
-    """Named input images as float tensors at the model's size."""
-    return [(p.name, to_tensor(fit_to_model(load_image(p), image_size, crop))) for p in image_files(spec)]
+def load_inputs(spec: str | list[str], image_size: int, manifest: dict[str, Any]) -> list[tuple[str, torch.Tensor]]:
+    """Named input images as float tensors at the model's size, cut as the dataset's ``manifest`` says."""
+    crop, source_size = manifest["crop"], manifest.get("source_size", LFW_SOURCE_SIZE)
+    return [(p.name, to_tensor(fit_to_model(load_image(p), image_size, crop, source_size, str(p))))
+            for p in image_files(spec)]
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
