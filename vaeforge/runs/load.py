@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
-from ..data.splits import chunks, iter_split
+from ..data.splits import Sample, chunks, iter_split
 from ..errors import CheckpointError, ConfigError, unknown_choice
 from ..models.prior import FittedPrior
 from ..models.vae import VAE, ImageSpec, build_model
@@ -90,13 +91,18 @@ class LoadedVAE:
             mu = mu + noise * torch.exp(0.5 * logvar)
         return self.decode(mu)
 
+    def iter_split(self, split: str, limit: int = 0, column: str | None = None) -> Iterator[Sample]:
+        """The first ``limit`` (0: all) samples of a split of the run's dataset, in file order; with ``column``,
+        only those labelled in it."""
+        return iter_split(self.config.data.shards, split, limit, column)
+
     @torch.no_grad()
     def posterior_means(self, split: str, limit: int = 0) -> torch.Tensor:
         """Posterior means ``[N, latent_dim]`` of the first ``limit`` images (0: all) of a split of the run's
         dataset, in file order, on the CPU; kept, so that fitting several priors encodes the split once."""
         if (split, limit) not in self._means:
             mus = [self.encode(torch.stack([s.image for s in group]))[0].cpu()
-                   for group in chunks(iter_split(self.config.data.shards, split, limit), CHUNK)]
+                   for group in chunks(self.iter_split(split, limit), CHUNK)]
             self._means[split, limit] = torch.cat(mus) if mus else torch.empty(0, self.latent_dim)
         return self._means[split, limit].clone()
 
@@ -162,6 +168,16 @@ def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
     raise CheckpointError(f"checkpoint '{checkpoint}' not found in {run_dir} (have: {have})")
 
 
+def build_trained(model_cfg: Any, image: ImageSpec, file: Path) -> VAE:
+    """The VAE of a ``model`` config section (its backbone from the registry) with the weights of safetensors
+    ``file``, checked to fit."""
+    vae = build_model(model_cfg, image)
+    state = ckpt.load_weights(file)
+    ckpt.check_architecture(ckpt.architecture(vae.state_dict()), state, file.parent)
+    vae.load_state_dict(state)
+    return vae
+
+
 def load(run_dir: str | Path, checkpoint: str | None = None, weights: str = "ema", device: str = "cpu",
          plugins: list[str] | tuple[str, ...] = ()) -> LoadedVAE:
     """Load a run's trained VAE: EMA weights when the checkpoint has them (``weights="model"`` for the raw
@@ -179,12 +195,10 @@ def load(run_dir: str | Path, checkpoint: str | None = None, weights: str = "ema
     cfg = OmegaConf.load(config_path)
     manifest = json.loads(manifest_path.read_text())
     REGISTRY.import_modules(list(plugins))
-    with named_modules_hint(list(cfg.get("plugins", [])), list(plugins)):
-        vae = build_model(cfg.model, ImageSpec(int(manifest["image_size"]), int(manifest.get("channels", 3))))
     file = folder / "ema.safetensors"
     if weights != "ema" or not file.exists():
         weights, file = "model", folder / "model.safetensors"
-    state = ckpt.load_weights(file)
-    ckpt.check_architecture(ckpt.architecture(vae.state_dict()), state, folder)
-    vae.load_state_dict(state)
+    image = ImageSpec(int(manifest["image_size"]), int(manifest.get("channels", 3)))
+    with named_modules_hint(list(cfg.get("plugins", [])), list(plugins)):
+        vae = build_trained(cfg.model, image, file)
     return LoadedVAE(vae.to(device), run_dir, cfg, manifest, folder, weights)
