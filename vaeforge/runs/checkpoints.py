@@ -130,6 +130,28 @@ def _fsync_write(path: Path, write: Any) -> None:
     _fsync(path)
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename into it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file below ``folder`` and the folder itself: before it is renamed into place."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            _fsync(path)
+    fsync_dir(folder)
+
+
+def save_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Tensors as a safetensors file (contiguous CPU copies), with string ``metadata`` in its header."""
+    save_file(_tensors(tensors), str(path), metadata=metadata)
+
+
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
@@ -174,7 +196,7 @@ def write_main_state(
     (``optimizer``, ``scheduler``, ``scaler``: tensors and builtins only) as ``<name>.pt``, and ``state.json``."""
     for name, tensors in weights.items():
         if tensors:
-            _fsync_write(folder / f"{name}.safetensors", lambda p, t=tensors: save_file(_tensors(t), str(p)))
+            _fsync_write(folder / f"{name}.safetensors", lambda p, t=tensors: save_weights(p, t))
     for name, value in states.items():
         _fsync_write(folder / f"{name}.pt", lambda p, v=value: torch.save(v, p))
     _fsync_write(folder / "state.json", lambda p: p.write_text(json.dumps(asdict(state), indent=1)))
@@ -186,11 +208,7 @@ def publish(folder: Path, keep: int) -> Path:
     if final.exists():
         shutil.rmtree(final)
     folder.rename(final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(final.parent)
     for old in checkpoint_dirs(final.parent.parent)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
