@@ -44,6 +44,8 @@ def test_run_help_adds_the_named_tasks_options(capsys):
     (["lpips", "net=vgx"], "lpips: unknown net 'vgx' (valid: alex, vgg; did you mean 'vgg'?)"),
     (["report"], "report: missing required option(s): run_dir=..."),
     (["report", "run_dir=r", "ouput=x"], "did you mean 'output'?"),
+    (["export", "run_dir=r"], "export: missing required option(s): out=..."),
+    (["export", "run_dir=r", "out=o", "fited=false"], "did you mean 'fitted'?"),
     (["run", "task=sample", "run_dir=r", "weights=emma"], "run: unknown weights 'emma' (valid: ema, model"),
     (["run", "task=sample", "run_dir=r", "limit=-1"], "run: limit must be >= 0, got -1"),
     (["submit", "recipe=lfw_mlp", "slurm.nodes=0", "--dry-run"], "nodes must be >= 1, got 0"),

@@ -32,14 +32,20 @@ def third_party(tmp_path_factory) -> Path:
     return target
 
 
-def test_third_party_plugin_is_listed_and_trains(third_party, lfw64, tmp_path):
+def test_third_party_plugin_is_listed_trains_and_its_export_needs_it(third_party, lfw64, tmp_path):
     plugin_env = env(PYTHONPATH=str(third_party))
     out = run([str(BIN / "vaeforge"), "plugins"], env=plugin_env).stdout
     assert "tinyconv" in out and "vaeforge-tinyplugin 0.0.1" in out
-    run_dir = tmp_path / "run"
+    run_dir, export = tmp_path / "run", tmp_path / "export"
     run([PY, "-m", "vaeforge.train", *TINY_RUN, f"data.shards={lfw64}", f"run_dir={run_dir}",
          "model.backbone.name=tinyconv", "model.backbone.args={width: 4}", "trainer.max_steps=5"], env=plugin_env)
     assert (run_dir / "checkpoints" / "step_00000005" / "model.safetensors").is_file()
+    run([str(BIN / "vaeforge"), "export", f"run_dir={run_dir}", f"out={export}"], env=plugin_env)
+    load = [PY, "-c", f"import vaeforge; print(vaeforge.from_pretrained({str(export)!r}).latent_dim)"]
+    assert run(load, env=plugin_env).stdout.strip() == "16"
+    missing = run(load, check=False).stderr.strip().splitlines()[-1]
+    assert missing.startswith("vaeforge.errors.ConfigError: unknown backbone plugin 'tinyconv' (valid: ") and \
+        "exported with it from vaeforge-tinyplugin 0.0.1 (vaeforge_tinyplugin.backbone): install it, or pass" in missing
 
 
 def test_recipe_plugins_list_imports_user_module(lfw64, tmp_path):

@@ -31,6 +31,8 @@ class Plugin:
     config: type | None
     origin: str
     replace: bool = False  # registered with replace=True: it may take the name of a built-in plugin
+    distribution: str = ""  # the installed distribution that declared it ("" for a module named by the user)
+    version: str = ""  # that distribution's version
 
     @property
     def builtin(self) -> bool:
@@ -46,7 +48,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._plugins: dict[str, dict[str, Plugin]] = {kind: {} for kind in KINDS}
-        self._origin = "unknown"
+        self._source = ("unknown", "", "")  # (origin, distribution, version) of the plugins registered now
         self._discovered = False
         self._failed: dict[str, str] = {}
         self._registrations = 0  # register() calls so far: tells a plugin module that registered nothing
@@ -61,7 +63,8 @@ class Registry:
 
         def decorator(target: Any) -> Any:
             self._registrations += 1
-            new = Plugin(kind, name, target, config, self._origin, replace)
+            origin, distribution, version = self._source
+            new = Plugin(kind, name, target, config, origin, replace, distribution, version)
             existing = self._plugins[kind].get(name)
             if existing is None or existing.target is target or self._takes_name(new, existing):
                 self._plugins[kind][name] = new
@@ -80,12 +83,12 @@ class Registry:
         return takes
 
     @contextlib.contextmanager
-    def _origin_as(self, origin: str) -> Iterator[None]:
-        previous, self._origin = self._origin, origin
+    def _origin_as(self, origin: str, distribution: str = "", version: str = "") -> Iterator[None]:
+        previous, self._source = self._source, (origin, distribution, version)
         try:
             yield
         finally:
-            self._origin = previous
+            self._source = previous
 
     def discover(self) -> None:
         """Import every module declared under the ``vaeforge.plugins`` entry-point group (once)."""
@@ -95,7 +98,7 @@ class Registry:
         for ep in md.entry_points(group=ENTRY_POINT_GROUP):
             dist = ep.dist.name if ep.dist is not None else "?"
             version = ep.dist.version if ep.dist is not None else ""
-            with self._origin_as(f"{dist} {version} ({ep.value})".strip()):
+            with self._origin_as(f"{dist} {version} ({ep.value})".strip(), dist, version):
                 try:
                     ep.load()
                 except Exception as exc:  # a broken third-party plugin must not break the others

@@ -19,6 +19,7 @@ verbs:
   submit    train on a SLURM cluster (slurm=PROFILE; requeues itself on preemption; --dry-run)
   plugins   list every registered plugin with its kind and origin
   report    write a self-contained HTML page for a run (curves, grids, task results, config)
+  export    write a run's model as a portable folder (config.json, model.safetensors, model card) for from_pretrained
   recipes   list the available recipes
 """
 
@@ -54,11 +55,12 @@ def list_recipes(argv: list[str]) -> None:
 def _verbs() -> dict:
     from .. import prepare, run, submit
     from ..models import lpips_weights
-    from ..runs import report
+    from ..runs import export, report
     from ..train import __main__ as train
 
     return {"prepare": prepare.main, "lpips": lpips_weights.main, "train": train.main, "run": run.main,
-            "report": report.main, "submit": submit.main, "plugins": list_plugins, "recipes": list_recipes}
+            "report": report.main, "export": export.main, "submit": submit.main, "plugins": list_plugins,
+            "recipes": list_recipes}
 
 
 @user_errors_exit

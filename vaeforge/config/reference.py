@@ -67,13 +67,15 @@ def _verb_options() -> list[tuple[str, type, str]]:
     from ..cli import PluginsOptions
     from ..models.lpips_weights import LpipsOptions
     from ..prepare import OPTIONS
+    from ..runs.export import ExportOptions
     from ..runs.report import ReportOptions
     from ..submit import SlurmConfig
     from ..tasks.runner import TaskOptions
 
     prepare = [(f"prepare dataset={name}", options, "") for name, options in OPTIONS.items()]
     return [*prepare, ("lpips", LpipsOptions, ""), ("run", TaskOptions, ""),
-            ("submit", SlurmConfig, "slurm."), ("report", ReportOptions, ""), ("plugins", PluginsOptions, "")]
+            ("submit", SlurmConfig, "slurm."), ("report", ReportOptions, ""), ("export", ExportOptions, ""),
+            ("plugins", PluginsOptions, "")]
 
 
 def render() -> str:

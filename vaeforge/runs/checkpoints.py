@@ -148,6 +148,29 @@ def _torch_bytes(value: Any) -> bytes:
     return buffer.getvalue()
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename into it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file below ``folder`` and the folder itself: before it is renamed into place."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            _fsync(path)
+    fsync_dir(folder)
+
+
+def save_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Tensors as a safetensors file (contiguous CPU copies, written by :func:`_write_file`), with string
+    ``metadata`` in its header."""
+    _write_file(path, save(_tensors(tensors), metadata=metadata))
+
+
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
@@ -192,7 +215,7 @@ def write_main_state(
     (``optimizer``, ``scheduler``, ``scaler``: tensors and builtins only) as ``<name>.pt``, and ``state.json``."""
     for name, tensors in weights.items():
         if tensors:
-            _write_file(folder / f"{name}.safetensors", save(_tensors(tensors)))
+            save_weights(folder / f"{name}.safetensors", tensors)
     for name, value in states.items():
         _write_file(folder / f"{name}.pt", _torch_bytes(value))
     _write_file(folder / "state.json", json.dumps(asdict(state), indent=1).encode())
@@ -204,11 +227,7 @@ def publish(folder: Path, keep: int) -> Path:
     if final.exists():
         discard(final)
     folder.rename(final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(final.parent)
     for old in checkpoint_dirs(final.parent.parent)[:-keep] if keep > 0 else []:
         discard(old)
     return final

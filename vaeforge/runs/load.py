@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..config.yamlfile import read_yaml
-from ..data.splits import chunks, iter_split
+from ..data.splits import Sample, chunks, iter_split
 from ..errors import CheckpointError, ConfigError, unknown_choice
 from ..models.prior import FittedPrior
 from ..models.vae import VAE, ImageSpec, build_model
@@ -93,13 +94,18 @@ class LoadedVAE:
             mu = mu + noise * torch.exp(0.5 * logvar)
         return self.decode(mu)
 
+    def iter_split(self, split: str, limit: int = 0, column: str | None = None) -> Iterator[Sample]:
+        """The first ``limit`` (0: all) samples of a split of the run's dataset, in file order; with ``column``,
+        only those labelled in it."""
+        return iter_split(self.config.data.shards, split, limit, column)
+
     @torch.no_grad()
     def posterior_means(self, split: str, limit: int = 0) -> torch.Tensor:
         """Posterior means ``[N, latent_dim]`` of the first ``limit`` images (0: all) of a split of the run's
         dataset, in file order, on the CPU; kept, so that fitting several priors encodes the split once."""
         if (split, limit) not in self._means:
             mus = [self.encode(torch.stack([s.image for s in group]))[0].cpu()
-                   for group in chunks(iter_split(self.config.data.shards, split, limit), CHUNK)]
+                   for group in chunks(self.iter_split(split, limit), CHUNK)]
             self._means[split, limit] = torch.cat(mus) if mus else torch.empty(0, self.latent_dim)
         return self._means[split, limit].clone()
 
@@ -186,6 +192,15 @@ def read_checkpoint(run_dir: Path, checkpoint: str | None, weights: str) -> tupl
                           "again, or give that training a larger trainer.keep_checkpoints")
 
 
+def build_trained(model_cfg: Any, image: ImageSpec, state: dict[str, torch.Tensor], where: Path) -> VAE:
+    """The VAE of a ``model`` config section (its backbone from the registry) holding the weights ``state``
+    (read from ``where``), checked to fit."""
+    vae = build_model(model_cfg, image)
+    ckpt.check_architecture(ckpt.architecture(vae.state_dict()), state, where)
+    vae.load_state_dict(state)
+    return vae
+
+
 def load(run_dir: str | Path, checkpoint: str | None = None, weights: str = "ema", device: str = "cpu",
          plugins: list[str] | tuple[str, ...] = ()) -> LoadedVAE:
     """Load a run's trained VAE: EMA weights when the checkpoint has them (``weights="model"`` for the raw
@@ -203,8 +218,7 @@ def load(run_dir: str | Path, checkpoint: str | None = None, weights: str = "ema
     cfg = OmegaConf.create(read_yaml(config_path, "run config"))
     manifest = json.loads(manifest_path.read_text())
     REGISTRY.import_modules(list(plugins))
+    image = ImageSpec(int(manifest["image_size"]), int(manifest.get("channels", 3)))
     with named_modules_hint(list(cfg.get("plugins", [])), list(plugins)):
-        vae = build_model(cfg.model, ImageSpec(int(manifest["image_size"]), int(manifest.get("channels", 3))))
-    ckpt.check_architecture(ckpt.architecture(vae.state_dict()), state, folder)
-    vae.load_state_dict(state)
+        vae = build_trained(cfg.model, image, state, folder)
     return LoadedVAE(vae.to(device), run_dir, cfg, manifest, folder, weights)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .attributes import VECTORS_DIR, AttributeVector, direction, posterior_means
-from ..data.splits import TRAIN, VAL, Sample, chunks, iter_split, read_split  # noqa: F401  (read_split: re-exported)
+from ..data.splits import TRAIN, VAL, Sample, chunks, read_split  # noqa: F401  (read_split: re-exported)
 from ..errors import DataError, PluginError, unknown_choice
 from .image_files import load_inputs, save_grid, save_png
 
@@ -64,7 +64,7 @@ class TaskContext:
         return list(self._iter_split(name, limit))
 
     def _iter_split(self, name: str, limit: int = 0, column: str | None = None) -> Iterator[Sample]:
-        return iter_split(self.model.config.data.shards, name, limit, column)
+        return self.model.iter_split(name, limit, column)
 
     def label_columns(self) -> dict[str, dict[str, Any]]:
         """The dataset's label columns: name -> ``{"kind": "binary" | "real", "count": ...}``."""
