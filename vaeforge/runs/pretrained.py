@@ -19,13 +19,13 @@ from huggingface_hub.utils import validate_repo_id
 from omegaconf import OmegaConf
 
 from .. import __version__
-from . import checkpoints as ckpt
 from ..data.splits import Sample
 from ..errors import CheckpointError, ConfigError, DataError, unknown_choice
 from ..models.prior import FittedPrior, prior_options
 from ..models.vae import VAE, ImageSpec
 from ..registry import REGISTRY
 from ..tasks.attributes import VECTORS_DIR
+from . import checkpoints as ckpt
 from .export import CARD, CONFIG, WEIGHTS_FILE, copy_files, fitted_paths, read_info, replace_folder
 from .load import LoadedVAE, build_trained
 from .priors import DEFAULT_SAMPLER, PRIORS_DIR, STANDARD_NORMAL, StandardNormal, check_sampler, prior_path
