@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
-from ..data.splits import chunks, iter_split
+from ..data.splits import Sample, chunks, iter_split
 from ..errors import CheckpointError, ConfigError, unknown_choice
 from ..models.prior import FittedPrior
 from ..models.vae import VAE, ImageSpec, build_model
@@ -69,6 +70,11 @@ class LoadedVAE:
     def device(self) -> torch.device:
         return next(self.vae.parameters()).device
 
+    def samples(self, split: str, limit: int = 0, column: str | None = None) -> Iterator[Sample]:
+        """The first ``limit`` (0: all) samples of a split of the run's dataset (the shards it trained on), in file
+        order; with ``column``, only those labelled in it."""
+        return iter_split(self.config.data.shards, self.manifest, split, limit, column)
+
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior ``(mean, logvar)``, each ``[B, latent_dim]``."""
@@ -96,7 +102,7 @@ class LoadedVAE:
         dataset, in file order, on the CPU; kept, so that fitting several priors encodes the split once."""
         if (split, limit) not in self._means:
             mus = [self.encode(torch.stack([s.image for s in group]))[0].cpu()
-                   for group in chunks(iter_split(self.config.data.shards, split, limit), CHUNK)]
+                   for group in chunks(self.samples(split, limit), CHUNK)]
             self._means[split, limit] = torch.cat(mus) if mus else torch.empty(0, self.latent_dim)
         return self._means[split, limit].clone()
 
