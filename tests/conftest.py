@@ -134,14 +134,23 @@ class LocalServer:
 
 
 class _Server(http.server.ThreadingHTTPServer):
-    """Serves ``root``; may ignore Range headers or cut the first response after ``drop_after`` bytes."""
+    """Serves ``root``; may ignore Range headers, or cut the first ``drops`` responses to a path containing
+    ``drop_path`` after ``drop_after`` bytes."""
 
     daemon_threads = True
 
-    def __init__(self, root: Path, drop_after: int | None, ignore_range: bool) -> None:
+    def __init__(self, root: Path, drop_after: int | None, ignore_range: bool, drop_path: str, drops: int) -> None:
         super().__init__(("127.0.0.1", 0), _RangeHandler)
         self.root, self.drop_after, self.ignore_range = root, drop_after, ignore_range
+        self.drop_path, self.drops = drop_path, drops
         self.log = LocalServer(f"http://127.0.0.1:{self.server_address[1]}")
+
+    def cut_at(self, path: str) -> int | None:
+        """Where to cut the response to ``path`` (None: send it whole)."""
+        if self.drop_after is None or self.drop_path not in path or self.drops <= 0:
+            return None
+        self.drops -= 1
+        return self.drop_after
 
 
 class _RangeHandler(http.server.BaseHTTPRequestHandler):
@@ -168,7 +177,7 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
         self.send_header("Content-Length", str(size - start))
         self.end_headers()
-        limit = self.server.drop_after if len(log.requests) == 1 else None
+        limit = self.server.cut_at(self.path)
         self._send(file, start, size - start if limit is None else min(limit, size - start))
 
     def _range_start(self) -> int:
@@ -194,11 +203,13 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="session")
 def http_server() -> Iterator[Callable[..., LocalServer]]:
-    """A factory: ``http_server(root, drop_after=None, ignore_range=False)`` serves ``root`` on 127.0.0.1."""
+    """A factory: ``http_server(root, drop_after=None, ignore_range=False, drop_path="", drops=1)`` serves ``root``
+    on 127.0.0.1."""
     servers: list[_Server] = []
 
-    def start(root: Path, drop_after: int | None = None, ignore_range: bool = False) -> LocalServer:
-        server = _Server(Path(root), drop_after, ignore_range)
+    def start(root: Path, drop_after: int | None = None, ignore_range: bool = False, drop_path: str = "",
+              drops: int = 1) -> LocalServer:
+        server = _Server(Path(root), drop_after, ignore_range, drop_path, drops)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers.append(server)
         return server.log

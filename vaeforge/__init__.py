@@ -17,12 +17,13 @@ if TYPE_CHECKING:
 
 
 def load(run_dir: Any, checkpoint: str | None = None, weights: str = "ema", device: str = "cpu",
-         plugins: list[str] | tuple[str, ...] = ()) -> "LoadedVAE":
+         plugins: list[str] | tuple[str, ...] = (), shards: str | None = None) -> "LoadedVAE":
     """A trained VAE from a run folder (EMA weights when present, eval mode); ``plugins``: modules to import for a
-    backbone that is not installed (never taken from the run folder). See :func:`vaeforge.runs.load.load`."""
+    backbone that is not installed (never taken from the run folder); ``shards``: where its dataset is, when not
+    at its ``data.shards``. See :func:`vaeforge.runs.load.load`."""
     from .runs.load import load as _load
 
-    return _load(run_dir, checkpoint, weights, device, plugins)
+    return _load(run_dir, checkpoint, weights, device, plugins, shards)
 
 
 def export(run_dir: Any, out: Any, checkpoint: str | None = None, weights: str = "ema", fitted: bool = True,

@@ -33,7 +33,8 @@ class LossSpec:
 
 @dataclass
 class DataConfig:
-    shards: str = "data/lfw64"  # folder written by `vaeforge prepare` (holds manifest.json)
+    shards: str = "data/lfw64"  # a prepared dataset's folder or http(s) URL, or its shards by pattern (.../train-{000000..000015}.tar, in a pipe: too)
+    manifest: Optional[str] = None  # where manifest.json is when not beside the shards (a path, URL or pipe: command)
     batch_size: int = at_least(1, 64)  # per process; the global batch is batch_size x processes x grad_accum
     num_workers: int = at_least(0, 1)  # loader worker processes per rank
     shuffle_buffer: int = at_least(1, 2000)  # samples held for shuffling in each worker

@@ -7,12 +7,12 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from ..errors import DataError
-from .manifest import read_manifest, shard_paths
-from .stream import decode_sample
+from .manifest import shard_paths
+from .stream import ErrorPolicy, decode_sample
 from .tarstream import shard_samples
 
 VAL = "val"
@@ -28,23 +28,21 @@ class Sample:
     labels: dict[str, float] = field(default_factory=dict)
 
 
-def _shard_error(exc: Exception) -> bool:
-    raise DataError(f"reading shards: {exc}") from exc
-
-
 def read_split(shards: list[str], column: str | None = None) -> Iterator[Sample]:
     """The samples of a split's shards in file order, with the labels of each sample's JSON metadata; with
     ``column``, only those labelled in it (the others are not decoded)."""
-    for raw in shard_samples(shards, _shard_error):
+    for raw in shard_samples(shards, ErrorPolicy("raise")):
         labels = json.loads(raw["json"]).get("labels", {}) if "json" in raw else {}
         if column is None or column in labels:
             image, key = decode_sample(raw)
             yield Sample(f"{key}.png", image.float() / 255.0, labels)
 
 
-def iter_split(shards_dir: str | Path, name: str, limit: int = 0, column: str | None = None) -> Iterator[Sample]:
-    """The first ``limit`` (0: all) samples of split ``name`` of the dataset prepared in ``shards_dir``."""
-    samples = read_split(shard_paths(shards_dir, read_manifest(shards_dir), name), column)
+def iter_split(shards: str | Path, manifest: dict[str, Any], name: str, limit: int = 0, column: str | None = None
+               ) -> Iterator[Sample]:
+    """The first ``limit`` (0: all) samples of split ``name`` of ``manifest``'s dataset, at ``shards`` (a
+    ``data.shards`` value)."""
+    samples = read_split(shard_paths(shards, manifest, name), column)
     return itertools.islice(samples, limit or None)
 
 

@@ -4,8 +4,9 @@ Every rank gets disjoint shards and exactly the same number of batches per epoch
 deadlock DDP), and the sample order is a pure function of (seed, epoch, rank, worker): resuming mid-epoch
 replays the epoch's stream and skips the batches already trained on.
 
-Bad data: with ``on_error="raise"`` a truncated or missing shard, an undecodable image or an image of the wrong
-size stops the run with the shard and sample named; with ``"skip"`` it is skipped, counted (each batch carries
+Bad data: with ``on_error="raise"`` a truncated, missing or unreachable shard (a remote one is first read again:
+``sources.read``), an undecodable image or an image of the wrong size stops the run with the shard and sample
+named; with ``"skip"`` it is skipped, counted (each batch carries
 ``skipped``, the errors met since the previous batch of its worker) and warned about, and the batch is filled
 from the following samples, so no rank runs short.
 """
@@ -59,17 +60,11 @@ class ErrorPolicy:
         self.skip = on_error == "skip"
         self.count = 0
 
-    def __call__(self, exc: Exception) -> bool:
-        """The webdataset handler for shard-level errors (missing, truncated, not a tar)."""
-        url = next((a for a in reversed(exc.args) if isinstance(a, str) and a.endswith(".tar")), None)
-        message = str(exc.args[0]) if exc.args else str(exc)
-        if not isinstance(exc, DataError):
-            message = f"shard ?: {message}"
-        if url:  # webdataset may add the shard's url only as the error passes its outer layer
-            message = message.replace("shard ?", f"shard {url}", 1)
-        error = DataError(message)
+    def __call__(self, error: Exception) -> bool:
+        """The handler of a shard that cannot be read (missing, truncated, not a tar, unreachable) or a bad sample:
+        ``error``, a DataError naming them, is raised, or counted and warned about."""
         if not self.skip:
-            raise error from exc
+            raise error
         self.count += 1
         warnings.warn(f"skipped: {error}", stacklevel=2)
         return True

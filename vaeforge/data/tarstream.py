@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
-from webdataset.tariterators import group_by_keys, url_opener
+from webdataset.tariterators import group_by_keys
+
+from ..errors import DataError
+from .sources import read
 
 BLOCK = 512
 _END = bytes(BLOCK)
@@ -73,26 +76,22 @@ def members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
             long_name = None
 
 
-def expand(sources: Iterable[dict], handler: Callable[[Exception], bool]) -> Iterator[dict]:
-    """Opened shards (webdataset's ``url_opener`` output) -> file samples for its ``group_by_keys``, with the
-    end-of-shard marker it expects. An error goes to ``handler`` with the shard's url among its args (as
-    webdataset passes it); when the handler returns True the rest of that shard is skipped."""
-    for source in sources:
-        url, stream = source["url"], source["stream"]
+def expand(shards: Iterable[str], handler: Callable[[Exception], bool]) -> Iterator[dict]:
+    """Shards (paths, URLs, ``pipe:`` commands) -> file samples for webdataset's ``group_by_keys``, with the
+    end-of-shard marker it expects. An error goes to ``handler`` as a DataError naming the shard; when the
+    handler returns True the rest of that shard is skipped."""
+    for url in shards:
         try:
-            for name, data in members(stream):
+            for name, data in read(url, members):
                 yield {"fname": name, "data": data, "__url__": url}
             yield {}
         except Exception as exc:
-            exc.args = (*exc.args, url)
-            if not handler(exc):
+            if not handler(DataError(f"shard {url}: {exc}")):
                 return
-        finally:
-            stream.close()
 
 
 def shard_samples(shards: Iterable[str], handler: Callable[[Exception], bool]) -> Iterator[dict]:
     """The samples of ``shards`` in file order, as webdataset's ``tarfile_to_samples`` gives them
-    (``{"__key__", "__url__", <extension>: bytes, ...}``), read with ``members``."""
-    opened = url_opener(({"url": url} for url in shards), handler=handler)
-    return group_by_keys(expand(opened, handler), handler=handler)
+    (``{"__key__", "__url__", <extension>: bytes, ...}``), read with ``members`` (a remote shard that fails is
+    read again: see ``sources.read``)."""
+    return group_by_keys(expand(shards, handler), handler=handler)

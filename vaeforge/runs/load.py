@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..config.yamlfile import read_yaml
+from ..data.sources import refuse_saved_command
 from ..data.splits import Sample, chunks, iter_split
 from ..errors import CheckpointError, ConfigError, unknown_choice
 from ..models.prior import FittedPrior
@@ -55,10 +56,11 @@ class LoadedVAE:
     """A trained VAE in eval mode; every method takes and returns float images ``[B, 3, H, W]`` in [0, 1]."""
 
     def __init__(self, vae: VAE, run_dir: Path, config: Any, manifest: dict[str, Any], checkpoint: Path,
-                 weights: str) -> None:
+                 weights: str, shards: str | None = None) -> None:
         self.vae = vae.eval()
         self.run_dir, self.config, self.manifest = run_dir, config, manifest
         self.checkpoint, self.weights = checkpoint, weights
+        self.shards = shards  # where the dataset is, when not at the run's data.shards
         self._means: dict[tuple[str, int], torch.Tensor] = {}  # posterior means by (split, limit)
 
     @property
@@ -72,6 +74,15 @@ class LoadedVAE:
     @property
     def device(self) -> torch.device:
         return next(self.vae.parameters()).device
+
+    def samples(self, split: str, limit: int = 0, column: str | None = None) -> Iterator[Sample]:
+        """The first ``limit`` (0: all) samples of a split of the run's dataset (the shards it trained on), in file
+        order; with ``column``, only those labelled in it. A ``pipe:`` command in the run's config is not run (a run
+        folder is data): ``shards`` given to :func:`load` names the dataset instead."""
+        if self.shards is None:
+            refuse_saved_command("data.shards", self.config.data.shards, "name the data again (a task's shards=..., "
+                                 "vaeforge.load(..., shards=...))")
+        return iter_split(self.shards or self.config.data.shards, self.manifest, split, limit, column)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,18 +105,13 @@ class LoadedVAE:
             mu = mu + noise * torch.exp(0.5 * logvar)
         return self.decode(mu)
 
-    def iter_split(self, split: str, limit: int = 0, column: str | None = None) -> Iterator[Sample]:
-        """The first ``limit`` (0: all) samples of a split of the run's dataset, in file order; with ``column``,
-        only those labelled in it."""
-        return iter_split(self.config.data.shards, split, limit, column)
-
     @torch.no_grad()
     def posterior_means(self, split: str, limit: int = 0) -> torch.Tensor:
         """Posterior means ``[N, latent_dim]`` of the first ``limit`` images (0: all) of a split of the run's
         dataset, in file order, on the CPU; kept, so that fitting several priors encodes the split once."""
         if (split, limit) not in self._means:
             mus = [self.encode(torch.stack([s.image for s in group]))[0].cpu()
-                   for group in chunks(self.iter_split(split, limit), CHUNK)]
+                   for group in chunks(self.samples(split, limit), CHUNK)]
             self._means[split, limit] = torch.cat(mus) if mus else torch.empty(0, self.latent_dim)
         return self._means[split, limit].clone()
 
@@ -202,9 +208,9 @@ def build_trained(model_cfg: Any, image: ImageSpec, state: dict[str, torch.Tenso
 
 
 def load(run_dir: str | Path, checkpoint: str | None = None, weights: str = "ema", device: str = "cpu",
-         plugins: list[str] | tuple[str, ...] = ()) -> LoadedVAE:
+         plugins: list[str] | tuple[str, ...] = (), shards: str | None = None) -> LoadedVAE:
     """Load a run's trained VAE: EMA weights when the checkpoint has them (``weights="model"`` for the raw
-    ones), in eval mode, on ``device``.
+    ones), in eval mode, on ``device``; ``shards``: where its dataset is, when not at its ``data.shards``.
 
     A run folder is data: the plugin modules its config names are never imported from it. Its backbone must be
     installed (an entry point) or be in one of the ``plugins`` modules the caller names."""
@@ -221,4 +227,4 @@ def load(run_dir: str | Path, checkpoint: str | None = None, weights: str = "ema
     image = ImageSpec(int(manifest["image_size"]), int(manifest.get("channels", 3)))
     with named_modules_hint(list(cfg.get("plugins", [])), list(plugins)):
         vae = build_trained(cfg.model, image, state, folder)
-    return LoadedVAE(vae.to(device), run_dir, cfg, manifest, folder, weights)
+    return LoadedVAE(vae.to(device), run_dir, cfg, manifest, folder, weights, shards)

@@ -43,7 +43,7 @@ class PretrainedVAE(LoadedVAE):
                          Path(info["source"]["checkpoint"]), info["weights"])
         self.info = info
 
-    def iter_split(self, split: str, limit: int = 0, column: str | None = None) -> Iterator[Sample]:
+    def samples(self, split: str, limit: int = 0, column: str | None = None) -> Iterator[Sample]:
         held = ", ".join(fitted_paths(self.info)) or "no fitted prior or direction"
         raise DataError(f"{self.run_dir} is an exported model: it has no dataset to read the {split} split from "
                         f"(input=val, fitting a prior or an attribute direction need one; it holds {held}): use "

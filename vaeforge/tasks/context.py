@@ -61,10 +61,7 @@ class TaskContext:
 
     def split(self, name: str, limit: int = 0) -> list[Sample]:
         """The first ``limit`` (0: all) samples of a split of the run's dataset, with their labels."""
-        return list(self._iter_split(name, limit))
-
-    def _iter_split(self, name: str, limit: int = 0, column: str | None = None) -> Iterator[Sample]:
-        return self.model.iter_split(name, limit, column)
+        return list(self.model.samples(name, limit))
 
     def label_columns(self) -> dict[str, dict[str, Any]]:
         """The dataset's label columns: name -> ``{"kind": "binary" | "real", "count": ...}``."""
@@ -80,7 +77,7 @@ class TaskContext:
     def labelled(self, split: str, column: str, limit: int = 0, batch_size: int = 64) -> Iterator[LabelledBatch]:
         """Batches of the split's images that have a value for ``column`` (at most ``limit`` of them, 0: all)."""
         self.label_kind(column)
-        for group in chunks(self._iter_split(split, limit, column), batch_size):
+        for group in chunks(self.model.samples(split, limit, column), batch_size):
             yield LabelledBatch([s.name for s in group], torch.stack([s.image for s in group]),
                                 torch.tensor([float(s.labels[column]) for s in group]))
 

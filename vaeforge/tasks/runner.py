@@ -39,6 +39,7 @@ class TaskOptions:
     device: str = "cpu"  # a torch device
     limit: int = at_least(0, 0)  # at most this many input images; 0: all
     plugins: List[str] = field(default_factory=list)  # modules to import for their plugins (a run folder names none)
+    shards: Optional[str] = None  # where the run's dataset is (input=val, fitted priors); default: its data.shards
 
 
 def run_task(args: dict[str, Any]) -> dict[str, Any]:
@@ -52,7 +53,7 @@ def run_task(args: dict[str, Any]) -> dict[str, Any]:
     REGISTRY.import_modules(opts.plugins)
     plugin = REGISTRY.get("task", opts.task)
     cfg = validate_options(plugin.config, options, f"task '{plugin.name}'")
-    model = load(opts.run_dir, opts.checkpoint, opts.weights, opts.device, opts.plugins)
+    model = load(opts.run_dir, opts.checkpoint, opts.weights, opts.device, opts.plugins, opts.shards)
     output = Path(opts.output or Path(opts.run_dir) / TASKS_DIR / plugin.name)
     output.mkdir(parents=True, exist_ok=True)
     where = f"task '{plugin.name}' ({plugin.origin})"

@@ -11,12 +11,14 @@ from ..cli.options import help_text, read_args
 from ..config import RunConfig, load_config, validate_options
 from ..config.fields import check_values
 from ..config.yamlfile import read_yaml
+from ..data.sources import refuse_saved_command
 from ..registry import REGISTRY, named_modules_hint
 from ..runs.layout import CONFIG_FILE, TB_DIR
 
 
 ABOUT = "Train a recipe; several processes: accelerate launch [--multi_gpu --num_processes N] -m vaeforge.train ..."
 USAGE = "vaeforge train recipe=NAME [key=value ...] | vaeforge train run_dir=DIR resume=true"
+DATA_SOURCES = ("data.shards", "data.manifest")  # may be pipe: commands
 
 
 def resolve_config(argv: list[str]):
@@ -27,15 +29,25 @@ def resolve_config(argv: list[str]):
         candidate = Path(str(args["run_dir"])) / CONFIG_FILE
         saved = candidate if candidate.is_file() else None
     cfg = load_config(args, saved=saved)
-    # a run folder is data: modules only its saved config names are not imported (the user passes them again)
-    from_folder = set(read_yaml(saved, "run config").get("plugins") or []) if saved else set()
+    # a run folder is data: modules only its saved config names are not imported, nor its data commands run
+    # (the user passes them again)
+    folder = OmegaConf.create(read_yaml(saved, "run config")) if saved else OmegaConf.create()
+    _refuse_folder_commands(cfg, folder, args)
     asked = list(args.get("plugins") or [])
-    modules = [m for m in cfg.plugins if m not in from_folder or m in asked]
+    modules = [m for m in cfg.plugins if m not in set(folder.get("plugins", [])) or m in asked]
     REGISTRY.import_modules(modules)
     with named_modules_hint(list(cfg.plugins), modules):
         check_plugins(cfg)
     check_values(OmegaConf.to_object(cfg))
     return cfg
+
+
+def _refuse_folder_commands(cfg, folder, args: dict) -> None:
+    """A ``pipe:`` data source that only the run folder's config names is refused."""
+    for key in DATA_SOURCES:
+        value = OmegaConf.select(cfg, key)
+        if value and key not in args and value == OmegaConf.select(folder, key):
+            refuse_saved_command(key, str(value), f"pass {key}=... again to run it")
 
 
 def check_plugins(cfg) -> None:

@@ -26,7 +26,7 @@ from ..config.fields import check_values
 from ..config.schema import RunConfig
 from ..data.corrupt import check as check_corruption
 from ..data.corrupt import corrupt
-from ..data.manifest import read_manifest, shard_paths
+from ..data.manifest import manifest_location, read_manifest, shard_paths
 from ..data.stream import StreamSpec, train_loader
 from ..errors import ConfigError, VaeforgeError
 from ..models.vae import ImageSpec, build_model
@@ -63,7 +63,7 @@ class Trainer:
         self.run_dir = Path(self.opts.run_dir)
         self._lock_run_dir()
         run_folder.refuse_overwrite(self.run_dir, self.opts.resume)
-        self.manifest = read_manifest(self.opts.data.shards)
+        self.manifest = read_manifest(self.opts.data.shards, self.opts.data.manifest)
         self.train_shards = shard_paths(self.opts.data.shards, self.manifest, "train")
         self.image = ImageSpec(int(self.manifest["image_size"]), int(self.manifest.get("channels", 3)))
         self.batches_per_epoch = self._batches_per_epoch()
@@ -132,6 +132,8 @@ class Trainer:
             "gradient_accumulation_steps": self.acc.gradient_accumulation_steps,
             "global_batch": self.opts.data.batch_size * self.world * self.opts.trainer.grad_accum,
             "batches_per_epoch_per_rank": self.batches_per_epoch,
+            "data": {"shards": self.opts.data.shards,
+                     "manifest": manifest_location(self.opts.data.shards, self.opts.data.manifest)},
             "optimizer_groups": [self.groups.main.name, *[g.name for g in self.groups.owned]],
             "versions": {"vaeforge": __version__, "torch": torch.__version__},
         }
