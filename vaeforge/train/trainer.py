@@ -27,6 +27,7 @@ from ..config.schema import RunConfig
 from ..data.corrupt import check as check_corruption
 from ..data.corrupt import corrupt
 from ..data.manifest import manifest_location, read_manifest, shard_paths
+from ..data.sources import is_local
 from ..data.stream import StreamSpec, train_loader
 from ..errors import ConfigError, VaeforgeError
 from ..models.vae import ImageSpec, build_model
@@ -303,10 +304,12 @@ class Trainer:
 
 
 def absolute_data(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with ``data.shards`` as an absolute path: the run records where its data is, so it is resumed and
-    used (``input=val``, evaluate) from any working directory."""
-    shards = str(Path(cfg.data.shards).resolve())
-    return OmegaConf.merge(cfg, {"data": {"shards": shards}})  # type: ignore[return-value]
+    """``cfg`` with a local ``data.shards`` and ``data.manifest`` as absolute paths (URLs and ``pipe:`` commands
+    as given): the run records where its data is, so it is resumed and used (``input=val``, evaluate) from any
+    working directory."""
+    local = {key: str(Path(value).resolve()) for key, value in cfg.data.items()
+             if key in ("shards", "manifest") and value and is_local(str(value))}
+    return OmegaConf.merge(cfg, {"data": local})  # type: ignore[return-value]
 
 
 @contextlib.contextmanager
