@@ -45,18 +45,19 @@ def fill_during_training(full: Path, lfw64: Path, tmp_path: Path, train: str = f
     return out
 
 
-def one_line_error(out: Path) -> str:
+def one_line_error(out: Path, tally) -> str:  # noqa: ANN001 - the fault suite's Counter
+    """The full-disk run's one error line (exit status 2), counted as a case refused in one line."""
     lines = (out / "full.err").read_text().strip().splitlines()
     assert (out / "full.rc").read_text().strip() == "2" and len(lines) == 1, lines
+    tally["cases"] += 1
+    tally["refused"] += 1
     return lines[0]
 
 
 def test_disk_full_during_a_checkpoint_names_it_and_keeps_the_previous_one(lfw64, tmp_path, tally):
     checkpoints = tmp_path / "run" / "checkpoints"
     out = fill_during_training(checkpoints, lfw64, tmp_path)
-    line = one_line_error(out)
-    tally["cases"] += 1
-    tally["refused"] += 1
+    line = one_line_error(out, tally)
     assert f"disk full while writing {checkpoints / 'step_00000008.tmp'}/" in line, line
     assert "(checkpoint step_00000008)" in line
     assert f"the previous checkpoint {checkpoints / 'step_00000004'} is intact" in line
@@ -68,9 +69,7 @@ def test_disk_full_during_a_checkpoint_names_it_and_keeps_the_previous_one(lfw64
 def test_disk_full_under_tensorboard_names_the_folder(lfw64, tmp_path, tally):
     events = tmp_path / "run" / "tb"
     out = fill_during_training(events, lfw64, tmp_path)
-    line = one_line_error(out)
-    tally["cases"] += 1
-    tally["refused"] += 1
+    line = one_line_error(out, tally)
     assert f"cannot write TensorBoard events in {events}: disk full" in line, line
     assert "free space" in line and "resume=true" in line
     assert "resumed from" in (out / "freed.log").read_text()
