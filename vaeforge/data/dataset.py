@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 from PIL import Image
+from tqdm import tqdm
 
 from ..config.fields import at_least, choice
 from ..config.schema import ON_ERROR
@@ -142,11 +143,13 @@ def _zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
 
 
 def _tgz_files(archive: Path, wanted: Callable[[str], bool]) -> list[SourceFile]:
-    """The wanted members of a gzipped tar, streamed once into memory; a truncated or non-gzip archive is a
-    DataError naming it."""
+    """The wanted members of a gzipped tar, streamed once into memory (with a progress bar over its bytes); a
+    truncated or non-gzip archive is a DataError naming it."""
     files = []
     try:
-        with tarfile.open(archive, "r|gz") as tar:
+        with open(archive, "rb") as raw, tqdm.wrapattr(raw, "read", total=archive.stat().st_size, unit="B",
+                                                      unit_scale=True, desc=f"read {archive.name}") as counted, \
+                tarfile.open(fileobj=counted, mode="r|gz") as tar:
             for member in tar:
                 if member.isfile() and wanted(member.name):
                     data = tar.extractfile(member).read()  # type: ignore[union-attr]
