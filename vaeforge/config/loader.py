@@ -142,6 +142,7 @@ def validate_options(config_cls: type | None, args: Any, where: str) -> Any:
     keys, types, required fields and declared ranges; returns an instance of it. Dotted keys
     (``prior_args.components=4`` on a command line) set nested options."""
     args = OmegaConf.to_container(args) if isinstance(args, DictConfig) else dict(args or {})
+    args = {key: str(value) if isinstance(value, Path) else value for key, value in args.items()}  # Python callers
     if any("." in key for key in args):
         args = OmegaConf.to_container(overrides_as_tree(args))
     if config_cls is None:

@@ -51,8 +51,7 @@ def prepare(source: str | Path, out: str | Path, dataset: str = "lfw", **setting
     ``settings`` of its options dataclass; return the manifest."""
     if dataset not in DATASETS:
         raise unknown_choice("dataset", dataset, DATASETS)
-    given = {name: str(value) if isinstance(value, Path) else value for name, value in settings.items()}
-    args = {"source": str(source), "out": str(out), **given}
+    args = {"source": str(source), "out": str(out), **settings}
     return build(DATASETS[dataset], validate_options(DATASETS[dataset].options, args, "prepare"))
 
 

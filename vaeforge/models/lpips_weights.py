@@ -154,8 +154,7 @@ def download(net: str = "alex", **settings: Any) -> Path:
     have. Downloads go to ``<cache>/downloads`` (resumable) and are deleted once converted; a failed check leaves
     no output file.
     """
-    given = {name: str(value) if isinstance(value, Path) else value for name, value in settings.items()}
-    opts = validate_options(LpipsOptions, {"net": net, **given}, "lpips")
+    opts = validate_options(LpipsOptions, {"net": net, **settings}, "lpips")
     source, folder = SOURCES[opts.net], cache_dir() / "downloads"
     trunk_name = opts.trunk_name or source.trunk
     trunk_prefix(trunk_name)  # a bad name fails before any download
