@@ -133,13 +133,15 @@ def interleaved(args: argparse.Namespace) -> dict[str, list[float]]:
     """Engine and bare loop in one process, alternating blocks of ``--block`` steps: the real ``Trainer.fit``
     (its loader decoding in-process, so that all of its data work is charged to it), and after each engine block
     a bare block on preloaded batches, timed on its own. Images/s per block of each."""
+    from vaeforge.cli.args import parse_overrides
     from vaeforge.train.__main__ import resolve_config
     from vaeforge.train.trainer import Trainer
 
     total = args.warmup + args.blocks * args.block
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = resolve_config([f"recipe={args.recipe}", f"data.shards={args.data}", f"run_dir={tmp}/run",
-                              f"trainer.max_steps={total}", *engine_overrides(args), "data.num_workers=0"])
+        argv = [f"recipe={args.recipe}", f"data.shards={args.data}", f"run_dir={tmp}/run", f"trainer.max_steps={total}",
+                *engine_overrides(args), "data.num_workers=0"]
+        cfg = resolve_config(parse_overrides(argv))
         batch = cfg.data.batch_size
         batches = preload(cfg, args.data, args.block)
         bare = BareStep(cfg, int(read_manifest(args.data)["image_size"]))

@@ -52,10 +52,11 @@ def worker(out: Path, train_args: list[str]) -> None:
     """Train in this process (a rank started by accelerate), then write this rank's peak RSS in MB: while
     setting up (model built, DeepSpeed initialised) and while training (the kernel's high-water mark is reset
     in between; it includes the final checkpoint)."""
+    from vaeforge.cli.args import parse_overrides
     from vaeforge.train.__main__ import resolve_config
     from vaeforge.train.trainer import Trainer
 
-    trainer = Trainer(resolve_config(train_args))
+    trainer = Trainer(resolve_config(parse_overrides(train_args)))
     setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     try:

@@ -2,9 +2,13 @@
 ``--help`` from the dataclass that docs/config.md is generated from."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import List, Optional
+
 import pytest
 
-from vaeforge.cli import main
+from vaeforge.cli import PluginsOptions, main
+from vaeforge.config.loader import validate_options
 from vaeforge.config.reference import _verb_options, rows
 from vaeforge.config.schema import RunConfig
 
@@ -56,3 +60,24 @@ def test_bad_options_end_in_one_line_before_any_work(capsys, argv, message):
     code, out, err = run(capsys, *argv)
     assert code == 2 and not out
     assert err.startswith("vaeforge: error: ") and err.count("\n") == 1 and message in err, err
+
+
+@dataclass
+class Inner:
+    names: Optional[List[str]] = None
+
+
+@dataclass
+class Outer:
+    inner: Inner = field(default_factory=Inner)
+    sizes: List[int] = field(default_factory=list)
+    word: str = "x"
+
+
+def test_a_single_value_for_a_list_option_is_a_list_of_one():
+    """``plugins=mod`` means ``plugins=[mod]`` for every verb, nested options too; other values are untouched."""
+    assert validate_options(PluginsOptions, {"plugins": "my_tasks"}, "plugins").plugins == ["my_tasks"]
+    assert validate_options(PluginsOptions, {"plugins": ["a", "b"]}, "plugins").plugins == ["a", "b"]
+    got = validate_options(Outer, {"inner.names": "a", "sizes": 3, "word": "y"}, "outer")
+    assert (got.inner.names, got.sizes, got.word) == (["a"], [3], "y")
+    assert validate_options(Outer, {}, "outer").inner.names is None

@@ -88,10 +88,11 @@ def one_process_reference(shards: Path, keys: tuple[tuple[tuple[str, ...], ...],
 
     from vaeforge.models.objective import LossSet
     from vaeforge.models.vae import ImageSpec, build_model
+    from vaeforge.cli.args import parse_overrides
     from vaeforge.train.__main__ import resolve_config
     from vaeforge.train.builders import TrainModule
 
-    cfg = resolve_config([*overrides, f"data.shards={shards}"])
+    cfg = resolve_config(parse_overrides([*overrides, f"data.shards={shards}"]))
     world = len(keys[0])
     images = images_by_key(shards, {k for step in keys for rank in step for k in rank})
     set_seed(cfg.trainer.seed)

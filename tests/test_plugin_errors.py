@@ -157,7 +157,7 @@ def test_task_from_a_module_named_on_the_command_line_and_its_contract(trained_r
                 "plugins=[my_tasks]"], env=plugin_env)
     assert f"wrote 1 file(s) to {out}" in proc.stdout
     bad = run([PY, "-m", "vaeforge.run", "task=tensor_summary", f"run_dir={trained_run}", f"output={out}",
-               "plugins=[my_tasks]"], env=plugin_env, check=False)
+               "plugins=my_tasks"], env=plugin_env, check=False)
     lines = bad.stderr.strip().splitlines()
     assert bad.returncode == 2 and len(lines) == 1, bad.stderr
     assert "task 'tensor_summary' (module my_tasks) returned a summary that is not JSON" in lines[0]

@@ -175,9 +175,10 @@ def training_job(train_args: list[str], slurm: SlurmConfig) -> TrainJob:
     """Validate the training arguments now (fail before queueing) and fix the run folder for all ranks."""
     from .train.__main__ import resolve_config
 
-    cfg = resolve_config(train_args)
+    args = parse_overrides(train_args)
+    cfg = resolve_config(args)
     run_dir = Path(str(cfg.run_dir)).resolve()
-    resume = bool(parse_overrides(train_args).get("resume", False))
+    resume = bool(args.get("resume", False))
     refuse_overwrite(run_dir, resume)
     kept = [a for a in train_args if not a.startswith(("run_dir=", "resume="))]
     env = {}

@@ -6,7 +6,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError, PluginError, did_you_mean, unknown_choice
@@ -157,13 +157,26 @@ def validate_options(config_cls: type | None, args: Any, where: str) -> Any:
                           f"({str(exc).splitlines()[0]}): give each field a type among int, float, str, bool, "
                           "Optional, List or Dict of those, and a default of that type") from None
     check_keys(schema, list(_flatten(args)), where)
-    merged = merge(schema, args, where)
+    merged = merge(schema, _scalars_as_lists(schema, args), where)
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise ConfigError(f"{where}: missing required option(s): {', '.join(f'{key}=...' for key in missing)}")
     options = OmegaConf.to_object(merged)
     check_values(options, f"{where}: ")
     return options
+
+
+def _scalars_as_lists(schema: DictConfig, args: dict[str, Any]) -> dict[str, Any]:
+    """``plugins=mod`` on a command line means ``plugins=[mod]``: a single value given for a list option."""
+    out = {}
+    for key, value in args.items():
+        node = schema._get_node(key)
+        if isinstance(value, dict) and isinstance(node, DictConfig):
+            value = _scalars_as_lists(node, value)
+        elif isinstance(node, ListConfig) and value is not None and not isinstance(value, (list, tuple)):
+            value = [value]
+        out[key] = value
+    return out
 
 
 def save_config(cfg: DictConfig, path: Path) -> None:

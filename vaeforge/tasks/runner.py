@@ -11,6 +11,7 @@ from typing import Any, List, Optional
 from omegaconf import MISSING
 
 from ..cli.args import user_errors_exit
+from ..cli import PluginsOptions
 from ..cli.options import help_text, read_args
 from ..config.fields import at_least, choice
 from ..config.loader import validate_options
@@ -75,18 +76,16 @@ def run_task(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _split(args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``key=value`` arguments -> (the options every task takes, the task's own); ``plugins=a`` means ``[a]``."""
+    """``key=value`` arguments -> (the options every task takes, the task's own)."""
     names = {f.name for f in fields(TaskOptions)}
-    common = {k: v for k, v in args.items() if k in names}
-    if isinstance(common.get("plugins"), str):
-        common["plugins"] = [common["plugins"]]
-    return common, {k: v for k, v in args.items() if k not in names}
+    return {k: v for k, v in args.items() if k in names}, {k: v for k, v in args.items() if k not in names}
 
 
 def _help(args: dict[str, Any]) -> str:
     """The options every task takes, then the named task's own (``task=NAME --help``) or the list of tasks."""
     common, _ = _split(args)
-    REGISTRY.import_modules(list(common.get("plugins") or []))
+    modules = {"plugins": common["plugins"]} if "plugins" in common else {}
+    REGISTRY.import_modules(validate_options(PluginsOptions, modules, "run").plugins)
     sections = [("options of every task (key=value)", TaskOptions, "")]
     task = common.get("task")
     note = "tasks: " + ", ".join(REGISTRY.names("task")) + " (their options: vaeforge run task=NAME --help)"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ..cli.args import parse_overrides, user_errors_exit
+from ..cli.args import user_errors_exit
 from ..cli.options import help_text, read_args
 from ..config import RunConfig, load_config, validate_options
 from ..config.fields import check_values
@@ -21,9 +21,8 @@ USAGE = "vaeforge train recipe=NAME [key=value ...] | vaeforge train run_dir=DIR
 DATA_SOURCES = ("data.shards", "data.manifest")  # may be pipe: commands
 
 
-def resolve_config(argv: list[str]):
-    """The run config from the command line; on ``resume=true`` the run's saved config is the base."""
-    args = parse_overrides(argv)
+def resolve_config(args: dict):
+    """The run config from parsed ``key=value`` arguments; on ``resume=true`` the run's saved config is the base."""
     saved = None
     if args.get("resume") and args.get("run_dir"):
         candidate = Path(str(args["run_dir"])) / CONFIG_FILE
@@ -68,8 +67,7 @@ def _help(_: dict) -> str:
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    read_args(argv, _help)
-    cfg = resolve_config(argv)
+    cfg = resolve_config(read_args(argv, _help))
     from ..data.stream import worker_death
     from .distributed import peer_failed
     from .trainer import Trainer  # heavy imports only once the config is known to be valid
