@@ -22,6 +22,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEVTRAIN_TGZ = "lfw-deepfunneled-devtrain.tgz"
 SMALL_IMAGES = 40  # the first images of the real archive, for fast small-archive tests
 
+pytest_plugins = ["fault_tally"]
+
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Iterator[Path]:

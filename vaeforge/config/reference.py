@@ -79,7 +79,8 @@ def _verb_options() -> list[tuple[str, type, str]]:
 
 
 def render() -> str:
-    """The whole reference as Markdown."""
+    """The whole reference as Markdown; of the plugins, those vaeforge ships (not third-party ones that happen
+    to be installed or imported)."""
     lines = [
         "# Configuration reference",
         "",
@@ -100,7 +101,7 @@ def render() -> str:
         lines += ["", f"### `vaeforge {verb}`", "", *_table(rows(cls, prefix))]
     for kind in KINDS:
         lines += ["", f"## {kind.capitalize()} plugins"]
-        for plugin in (p for p in REGISTRY.all() if p.kind == kind):
+        for plugin in (p for p in REGISTRY.all() if p.kind == kind and p.builtin):
             doc = inspect.getdoc(inspect.getmodule(plugin.target)) or ""
             lines += ["", f"### `{plugin.name}`", "", doc.split("\n\n")[0].replace("\n", " "), ""]
             lines += _table(rows(plugin.config)) if plugin.config else ["No options."]
