@@ -87,7 +87,7 @@ def check_launch(launch: Launch, precision: str) -> None:
     if launch.precision != "no" and launch.precision != precision:
         raise ConfigError(
             f"the launcher asked for mixed precision '{launch.precision}' but trainer.mixed_precision is "
-            f"'{precision}': pass trainer.mixed_precision={launch.precision} (the recipe decides; the launch agrees)"
+            f"'{precision}': pass trainer.mixed_precision={launch.precision} or auto (auto follows the launcher)"
         )
     if precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("trainer.mixed_precision=fp16 needs a GPU (loss scaling runs on CUDA); "
