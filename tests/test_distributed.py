@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from helpers import BIN, PY, TINY, env, free_port, run
 from vaeforge.config import available_recipes, load_config
 from vaeforge.errors import ConfigError
-from vaeforge.train.distributed import Launch, check_launch, native_bf16, resolve_precision
+from vaeforge.train.distributed import (DEEPSPEED_CONFIG, Launch, check_launch, find_deepspeed_config, native_bf16,
+                                       resolve_precision)
 
 REPO = Path(__file__).resolve().parents[1]
 # DeepSpeed JIT-compiles a comm op on first use (~40 s): keep it in a stable folder of this venv (a folder shared
@@ -238,6 +240,25 @@ def test_resolve_precision():
     assert [resolve_precision(p, launched("no")) for p in ("no", "bf16", "fp16")] == ["no", "bf16", "fp16"]
     with pytest.raises(ConfigError, match=r"unknown trainer.mixed_precision 'fp8' \(valid: auto, bf16, fp16, no; did you mean 'fp16'\?\)"):
         resolve_precision("fp8", launched("no"))
+
+
+def test_the_accelerate_configs_find_their_deepspeed_json_outside_a_checkout(tmp_path, monkeypatch):
+    """``recipes/deepspeed/zero2.json`` (what recipes/accelerate/zero2.yaml names) is the shipped copy where the
+    working folder has none, the working folder's own where it has one; other names are left alone."""
+    monkeypatch.chdir(tmp_path)
+    shipped = Path(str(resources.files("vaeforge.recipes"))) / "deepspeed" / "zero2.json"
+    names = ["recipes/deepspeed/zero2.json", "recipes/deepspeed/zero9.json", "mine/zero2.json", str(shipped)]
+    found = []
+    for name in names:
+        env = {DEEPSPEED_CONFIG: name}
+        find_deepspeed_config(env)
+        found.append(env[DEEPSPEED_CONFIG])
+    assert found == [str(shipped), *names[1:]]
+    (tmp_path / "recipes" / "deepspeed").mkdir(parents=True)
+    (tmp_path / "recipes" / "deepspeed" / "zero2.json").write_text("{}")
+    env = {DEEPSPEED_CONFIG: names[0]}
+    find_deepspeed_config(env)
+    assert env == {DEEPSPEED_CONFIG: names[0]}
 
 
 @pytest.mark.parametrize("recipe", sorted(available_recipes()))

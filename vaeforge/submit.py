@@ -24,7 +24,6 @@ import subprocess
 import sys
 import zlib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -32,7 +31,7 @@ from .cli.args import parse_overrides, user_errors_exit
 from .cli.options import help_text, read_args
 from .config import validate_options
 from .config.fields import at_least
-from .config.shipped import named_files
+from .config.shipped import named_files, shipped_dir
 from .config.yamlfile import read_yaml
 from .errors import VaeforgeError, unknown_choice
 from .runs.folder import latest_state, refuse_overwrite
@@ -93,7 +92,7 @@ def slurm_config(args: dict[str, Any]) -> SlurmConfig:
 
 def deepspeed_config_file(name: str) -> Path:
     """``zero2`` / ``zero3`` (shipped in recipes/deepspeed) or a path to a DeepSpeed JSON config."""
-    shipped = Path(str(resources.files("vaeforge.recipes"))) / "deepspeed"
+    shipped = shipped_dir("vaeforge.recipes") / "deepspeed"
     path = Path(name) if name.endswith(".json") else shipped / f"{name}.json"
     if not path.is_file():
         choices = [p.stem for p in shipped.glob("*.json")]
