@@ -9,11 +9,13 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 import pytest
 
 from helpers import BIN, TINY, env, run
+from vaeforge.submit import available_profiles, slurm_config
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "slurm" / "local-cluster.sh"
@@ -76,6 +78,18 @@ def test_dry_run_prints_the_sbatch_script_and_the_launch(tmp_path):
     assert not run_dir.exists()  # nothing submitted, nothing written
     wrong = submit("recipe=lfw_unet", "slurm=locl", "--dry-run", check=False, env=no_slurm)
     assert wrong.returncode == 2 and "unknown slurm profile 'locl'" in wrong.stderr and "'local'" in wrong.stderr
+
+
+def test_profiles_of_the_working_folder_come_first(tmp_path, monkeypatch):
+    shipped = available_profiles()
+    assert {"local", "example-gpu"} <= set(shipped)
+    assert all(path.parent == Path(str(resources.files("vaeforge.slurm"))) for path in shipped.values())
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "local.yaml").write_text("nodes: 3\n")
+    monkeypatch.chdir(tmp_path)
+    assert available_profiles()["local"] == tmp_path / "slurm" / "local.yaml"
+    assert slurm_config({"slurm": "local"}).nodes == 3
+    assert slurm_config({"slurm": "example-gpu"}).gpus_per_node == 8  # the shipped one, not shadowed
 
 
 def test_two_task_job_trains_is_preempted_requeues_and_resumes(slurm_cluster, lfw64, tmp_path):

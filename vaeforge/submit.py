@@ -24,7 +24,6 @@ import subprocess
 import sys
 import zlib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -32,6 +31,7 @@ from .cli.args import parse_overrides, user_errors_exit
 from .cli.options import help_text, read_args
 from .config import validate_options
 from .config.fields import at_least
+from .config.shipped import named_files, shipped_dir
 from .config.yamlfile import read_yaml
 from .errors import VaeforgeError, unknown_choice
 from .runs.folder import latest_state, refuse_overwrite
@@ -69,16 +69,9 @@ class SlurmConfig:
         return self.tasks_per_node or max(1, self.gpus_per_node)
 
 
-def profile_dirs() -> list[Path]:
-    """Where ``slurm=NAME`` is looked up: ./slurm, then the slurm/ folder of the vaeforge source tree."""
-    return [Path.cwd() / "slurm", Path(__file__).resolve().parents[1] / "slurm"]
-
-
 def available_profiles() -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for folder in reversed(profile_dirs()):
-        found.update({p.stem: p for p in sorted(folder.glob("*.yaml"))})
-    return found
+    """Profile name -> file: ./slurm, then the profiles shipped with vaeforge (first match wins)."""
+    return named_files("slurm", "vaeforge.slurm")
 
 
 def read_profile(name: str) -> dict[str, Any]:
@@ -99,7 +92,7 @@ def slurm_config(args: dict[str, Any]) -> SlurmConfig:
 
 def deepspeed_config_file(name: str) -> Path:
     """``zero2`` / ``zero3`` (shipped in recipes/deepspeed) or a path to a DeepSpeed JSON config."""
-    shipped = Path(str(resources.files("vaeforge.recipes"))) / "deepspeed"
+    shipped = shipped_dir("vaeforge.recipes") / "deepspeed"
     path = Path(name) if name.endswith(".json") else shipped / f"{name}.json"
     if not path.is_file():
         choices = [p.stem for p in shipped.glob("*.json")]
@@ -225,7 +218,7 @@ def describe_launch(job: TrainJob, slurm: SlurmConfig) -> str:
 def _help(_: dict[str, Any]) -> str:
     profiles = ", ".join(available_profiles()) or "(none)"
     return help_text(USAGE, ABOUT, [("cluster options (slurm.key=value, over the profile's)", SlurmConfig, "slurm.")],
-                     f"slurm=PROFILE: a profile of ./slurm or vaeforge's slurm/ ({profiles})\n"
+                     f"slurm=PROFILE: a profile of ./slurm or one shipped with vaeforge ({profiles})\n"
                      f"{DRY_RUN}: print the sbatch script and the launch; submit nothing\n"
                      "every other key=value is a training option: vaeforge train --help")
 

@@ -44,12 +44,15 @@ def list_plugins(argv: list[str]) -> None:
 
 def list_recipes(argv: list[str]) -> None:
     from ..config import available_recipes
+    from ..config.shipped import shipped_dir
 
-    args = read_args(argv, lambda _: help_text("vaeforge recipes", "List the recipes: ./recipes, then vaeforge's.", []))
+    about = "List the recipes (./recipes, then vaeforge's) and where the shipped accelerate configs are."
+    args = read_args(argv, lambda _: help_text("vaeforge recipes", about, []))
     if args:
         raise ConfigError(f"vaeforge recipes takes no options, got: {', '.join(args)}")
     for name, path in sorted(available_recipes().items()):
         print(f"{name:<16} {path}")
+    print(f"accelerate configs (accelerate launch --config_file <file>): {shipped_dir('vaeforge.recipes') / 'accelerate'}")
 
 
 def _verbs() -> dict:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import is_dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -12,23 +11,15 @@ from omegaconf.errors import OmegaConfBaseException
 from ..errors import ConfigError, PluginError, did_you_mean, unknown_choice
 from .fields import check_values
 from .schema import RunConfig
+from .shipped import named_files
 from .yamlfile import read_yaml
 
 RECIPE_SUFFIX = ".yaml"
 
 
-def recipe_dirs() -> list[Path]:
-    """Where recipes are looked up, first match wins: ./recipes, then the recipes shipped with vaeforge."""
-    shipped = Path(str(resources.files("vaeforge.recipes")))
-    return [Path.cwd() / "recipes", shipped]
-
-
 def available_recipes() -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for folder in reversed(recipe_dirs()):
-        for path in sorted(folder.glob(f"*{RECIPE_SUFFIX}")):
-            found[path.stem] = path
-    return found
+    """Recipe name -> file: ./recipes, then the recipes shipped with vaeforge (first match wins)."""
+    return named_files("recipes", "vaeforge.recipes", RECIPE_SUFFIX)
 
 
 def _recipe_path(name: str) -> Path:
