@@ -9,6 +9,7 @@ they are written as one ``lpips_<net>.safetensors`` in the cache, where
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -18,13 +19,15 @@ from typing import Any, Optional
 import torch
 from safetensors.torch import save_file
 
-from ..cli.args import user_errors_exit
+from ..cli.logs import entry_point
 from ..cli.options import help_text, read_args
 from ..config.fields import choice
 from ..config.loader import validate_options
 from ..data.download import checksum_mismatch, fetch, file_digest
 from ..errors import ConfigError, DataError, VaeforgeError
 from .lpips import LPIPS, NETS, cache_dir, weights_layout
+
+log = logging.getLogger("vaeforge.models.lpips_weights")  # by name: under vaeforge's also when run as __main__ (python -m)
 
 TRUNK_BASE = "https://download.pytorch.org/models"
 HEAD_BASE = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1"
@@ -177,12 +180,12 @@ def download(net: str = "alex", **settings: Any) -> Path:
     return result
 
 
-@user_errors_exit
-def main(argv: list[str] | None = None) -> None:
+@entry_point
+def main(argv: list[str]) -> None:
     """Parse ``key=value`` arguments, download or convert the weights and print where they are."""
     args = read_args(argv, lambda _: help_text(USAGE, ABOUT, [("options (key=value)", LpipsOptions, "")]))
     path = download(**args)
-    print(f"wrote {path} (LPIPS-{args.get('net', 'alex')} v0.1, safetensors)")
+    log.info(f"wrote {path} (LPIPS-{args.get('net', 'alex')} v0.1, safetensors)")
 
 if __name__ == "__main__":
     main()

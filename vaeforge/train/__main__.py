@@ -1,12 +1,13 @@
 """``python -m vaeforge.train recipe=NAME [key=value ...]`` (also under ``accelerate launch -m``)."""
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ..cli.args import parse_overrides, user_errors_exit
+from ..cli.args import parse_overrides
+from ..cli.logs import entry_point
 from ..cli.options import help_text, read_args
 from ..config import RunConfig, load_config, validate_options
 from ..config.fields import check_values
@@ -14,6 +15,8 @@ from ..config.yamlfile import read_yaml
 from ..data.sources import refuse_saved_command
 from ..registry import REGISTRY, named_modules_hint
 from ..runs.layout import CONFIG_FILE, TB_DIR
+
+log = logging.getLogger("vaeforge.train")  # by name: under vaeforge's also when run as __main__ (python -m)
 
 
 ABOUT = "Train a recipe; several processes: accelerate launch [--multi_gpu --num_processes N] -m vaeforge.train ..."
@@ -65,9 +68,8 @@ def _help(_: dict) -> str:
                      "`vaeforge plugins`\nrecipes: `vaeforge recipes`")
 
 
-@user_errors_exit
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+@entry_point
+def main(argv: list[str]) -> None:
     read_args(argv, _help)
     cfg = resolve_config(argv)
     from ..data.stream import worker_death
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     except RuntimeError as exc:
         trainer.abort()
         if peer_failed(exc, trainer.world):
-            print(f"vaeforge: rank {trainer.rank} stops: another rank failed (its error is above)", file=sys.stderr)
+            log.error(f"rank {trainer.rank} stops: another rank failed (its error is above)")
             raise SystemExit(1) from None
         death = worker_death(exc)
         if death is None:
@@ -90,10 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         trainer.abort()  # no barrier: the other ranks may wait in a collective this one will never join
         raise
     trainer.close()
-    trainer.monitor.write(
-        f"done: step {state.step}, run folder {cfg.run_dir}\n"
-        f"  TensorBoard: tensorboard --logdir {Path(cfg.run_dir) / TB_DIR} --host 127.0.0.1"
-    )
+    log.info(f"done: step {state.step}, run folder {cfg.run_dir}\n"
+             f"  TensorBoard: tensorboard --logdir {Path(cfg.run_dir) / TB_DIR} --host 127.0.0.1")
 
 
 if __name__ == "__main__":

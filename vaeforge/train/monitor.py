@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from tqdm import tqdm
 from ..errors import VaeforgeError, write_failure
 from ..runs.layout import TB_DIR
 
+log = logging.getLogger(__name__)
 QUIET = "vaeforge_quiet_tensorboard"  # marks the installed threading.excepthook
 
 
@@ -73,9 +75,13 @@ class Monitor:
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.refresh()
 
-    def write(self, message: str) -> None:
+    def info(self, message: str) -> None:
         if self.enabled:
-            self.bar.write(message)
+            log.info(message)
+
+    def warn(self, message: str) -> None:
+        if self.enabled:
+            log.warning(message)
 
     def close(self) -> None:
         self.bar.close()
