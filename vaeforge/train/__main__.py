@@ -14,7 +14,7 @@ from ..config.fields import check_values
 from ..config.yamlfile import read_yaml
 from ..data.sources import refuse_saved_command
 from ..registry import REGISTRY, named_modules_hint
-from ..runs.layout import CONFIG_FILE, TB_DIR
+from ..runs.layout import CONFIG_FILE
 
 log = logging.getLogger("vaeforge.train")  # by name: under vaeforge's also when run as __main__ (python -m)
 
@@ -82,7 +82,7 @@ def main(argv: list[str]) -> None:
     except RuntimeError as exc:
         trainer.abort()
         if peer_failed(exc, trainer.world):
-            log.error(f"rank {trainer.rank} stops: another rank failed (its error is above)")
+            log.warning(f"rank {trainer.rank} stops: another rank failed (its error is above)")
             raise SystemExit(1) from None
         death = worker_death(exc)
         if death is None:
@@ -93,7 +93,7 @@ def main(argv: list[str]) -> None:
         raise
     trainer.close()
     log.info(f"done: step {state.step}, run folder {cfg.run_dir}\n"
-             f"  TensorBoard: tensorboard --logdir {Path(cfg.run_dir) / TB_DIR} --host 127.0.0.1")
+             f"  TensorBoard: tensorboard --logdir {cfg.run_dir} --host 127.0.0.1")
 
 
 if __name__ == "__main__":
