@@ -35,6 +35,7 @@ from ..models.objective import LossSet
 from ..runs import checkpoints as ckpt
 from ..runs import folder as run_folder
 from . import distributed as dist
+from . import tracking
 from .builders import Owned, TrainModule, adamw, build_train_module, take_owned, to_float
 from .callbacks import Callback, Callbacks, default_callbacks
 from .checkpointing import CheckpointManager
@@ -57,11 +58,12 @@ class Trainer:
         launch = dist.Launch.from_env()
         precision = dist.resolve_precision(t.mixed_precision, launch)
         dist.check_launch(launch, precision)
-        self.acc = dist.make_accelerator(precision, t.grad_accum, launch)
+        self.run_dir = Path(self.opts.run_dir)
+        self.acc = dist.make_accelerator(precision, t.grad_accum, launch, self.run_dir,
+                                         tracking.log_with(t.log_with, self.run_dir))
         dist.check_setup(self.acc, launch, precision)
         self.zero_stage = dist.zero_stage(self.acc)  # None without DeepSpeed
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
-        self.run_dir = Path(self.opts.run_dir)
         self._lock_run_dir()
         run_folder.refuse_overwrite(self.run_dir, self.opts.resume)
         self.manifest = read_manifest(self.opts.data.shards, self.opts.data.manifest)
@@ -77,6 +79,7 @@ class Trainer:
     def _check(opts: RunConfig) -> None:
         check_values(opts)  # a config built in Python, not through the command line, is checked here too
         check_corruption(opts.data.corruption)
+        tracking.check_trackers(opts.trainer.log_with)
 
     def _build(self) -> None:
         """Model, loss terms, optimizer groups, EMA, evaluator and checkpoint manager; Accelerate wraps the
@@ -203,7 +206,8 @@ class Trainer:
     def fit(self) -> ckpt.TrainerState:
         """Train; returns the final state. Ends with a checkpoint, so ``resume=true`` always continues."""
         t = self.opts.trainer
-        self.monitor = Monitor(self.run_dir, self.acc.is_main_process, t.max_steps, t.time_budget, t.progress)
+        self.monitor = Monitor(self.acc, self.run_dir, OmegaConf.to_container(self.cfg, resolve=True), t.max_steps,
+                               t.time_budget, t.progress)
         warning = dist.precision_warning(self.acc.mixed_precision)
         if warning:
             self.monitor.warn(warning)
@@ -220,6 +224,7 @@ class Trainer:
                 self._loop()
         self.save()
         self.callbacks.on_train_end(self)
+        self.monitor.end_session()
         self.monitor.close()
         return self.state
 
