@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import shlex
 import signal
@@ -27,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
 
-from .cli.args import parse_overrides, user_errors_exit
+from .cli.args import parse_overrides
+from .cli.logs import entry_point
 from .cli.options import help_text, read_args
 from .config import validate_options
 from .config.fields import at_least
@@ -35,6 +37,8 @@ from .config.shipped import named_files, shipped_dir
 from .config.yamlfile import read_yaml
 from .errors import VaeforgeError, unknown_choice
 from .runs.folder import latest_state, refuse_overwrite
+
+log = logging.getLogger("vaeforge.submit")  # by name: under vaeforge's also when run as __main__ (python -m)
 
 ABOUT = "Train on a SLURM cluster: one job of nodes x processes that checkpoints and requeues itself on preemption."
 USAGE = "vaeforge submit recipe=NAME slurm=PROFILE [slurm.key=value ...] [training key=value ...] [--dry-run]"
@@ -223,9 +227,8 @@ def _help(_: dict[str, Any]) -> str:
                      "every other key=value is a training option: vaeforge train --help")
 
 
-@user_errors_exit
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+@entry_point
+def main(argv: list[str]) -> None:
     dry_run = DRY_RUN in argv
     argv = [a for a in argv if a != DRY_RUN]
     slurm = slurm_config(read_args(argv, _help))
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     if slurm.slurm_conf and "SLURM_CONF" not in os.environ:
         os.environ["SLURM_CONF"] = slurm.slurm_conf
     submitted = ex.submit(job)
-    print(f"submitted job {submitted.job_id}: {slurm.nodes} node(s) x {slurm.processes_per_node} processes\n"
+    log.info(f"submitted job {submitted.job_id}: {slurm.nodes} node(s) x {slurm.processes_per_node} processes\n"
           f"  run folder: {run_dir}\n  logs: {run_dir / LOG_DIR}/{submitted.job_id}_<task>_log.out|err\n"
           f"  follow: squeue -j {submitted.job_id}")
 

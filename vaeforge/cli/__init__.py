@@ -1,15 +1,14 @@
 """The ``vaeforge`` command: one console script with the verbs of the ``python -m`` entry points."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import List
 
-from .args import user_errors_exit
+from .logs import FLAGS_HELP, entry_point
 from .options import help_text, read_args
 from ..errors import ConfigError, unknown_choice
 
-USAGE = """usage: vaeforge <verb> [key=value ...]   (vaeforge <verb> --help: its options)
+USAGE = """usage: vaeforge <verb> [-q | -v] [key=value ...]   (vaeforge <verb> --help: its options)
 
 verbs:
   prepare   LFW, or any folder or archive of images (dataset=folder) -> WebDataset shards + manifest.json
@@ -21,6 +20,8 @@ verbs:
   report    write a self-contained HTML page for a run (curves, grids, task results, config)
   export    write a run's model as a portable folder (config.json, model.safetensors, model card) for from_pretrained
   recipes   list the available recipes
+
+{flags} (every verb)
 """
 
 
@@ -66,11 +67,10 @@ def _verbs() -> dict:
             "recipes": list_recipes}
 
 
-@user_errors_exit
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+@entry_point
+def main(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        print(USAGE.format(flags=FLAGS_HELP))
         return
     verbs = _verbs()
     verb, rest = argv[0], argv[1:]

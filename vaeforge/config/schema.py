@@ -71,7 +71,8 @@ class TrainerConfig:
     ema_decay: float = between(0, 1, 0.999)  # per-step decay of the EMA of weights; 0 disables it
     ema_every: int = at_least(1, 1)  # steps between EMA updates, each standing for that many (decay ** ema_every): cheaper
     seed: int = 0  # same seed, same run (weights, data order, noise)
-    log_every: int = at_least(1, 25)  # steps between TensorBoard scalar logs
+    log_with: List[str] = field(default_factory=lambda: ["tensorboard"])  # experiment trackers (accelerate's: tensorboard, mlflow, wandb, comet_ml, aim, clearml, dvclive, swanlab, trackio): each gets the scalars and the config; TensorBoard (run_dir/tb) also histograms, image grids and HParams; [] logs nowhere
+    log_every: int = at_least(1, 25)  # steps between scalar logs
     val_every: int = at_least(0, 500)  # steps between validation passes; 0 disables
     image_every: int = at_least(0, 500)  # reconstruction and sample grids in TensorBoard; 0 disables
     checkpoint_every: int = at_least(0, 500)  # steps between checkpoints (one is always written at the end); 0: only at the end

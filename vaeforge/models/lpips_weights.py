@@ -11,6 +11,7 @@ cache, where :func:`vaeforge.models.lpips.find_lpips_weights` finds it. Options:
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -20,13 +21,15 @@ from typing import Any, Optional
 import torch
 from safetensors.torch import save_file
 
-from ..cli.args import user_errors_exit
+from ..cli.logs import entry_point
 from ..cli.options import help_text, read_args
 from ..config.fields import choice
 from ..config.loader import validate_options
 from ..data.download import file_digest
 from ..errors import ConfigError, DataError, VaeforgeError
 from .lpips import LPIPS, NETS, cache_dir, weights_layout
+
+log = logging.getLogger("vaeforge.models.lpips_weights")  # by name: under vaeforge's also when run as __main__ (python -m)
 
 HEAD_BASE = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1"
 ABOUT = "Download (or convert local copies of) the official LPIPS v0.1 weights into one checked safetensors file."
@@ -190,12 +193,12 @@ def download(net: str = "alex", **settings: Any) -> Path:
         raise
 
 
-@user_errors_exit
-def main(argv: list[str] | None = None) -> None:
+@entry_point
+def main(argv: list[str]) -> None:
     """Parse ``key=value`` arguments, download or convert the weights and print where they are."""
     args = read_args(argv, lambda _: help_text(USAGE, ABOUT, [("options (key=value)", LpipsOptions, "")]))
     path = download(**args)
-    print(f"wrote {path} (LPIPS-{args.get('net', 'alex')} v0.1, safetensors)")
+    log.info(f"wrote {path} (LPIPS-{args.get('net', 'alex')} v0.1, safetensors)")
 
 if __name__ == "__main__":
     main()

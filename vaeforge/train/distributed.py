@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.tracking import GeneralTracker
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, broadcast, gather_object
 from omegaconf import DictConfig
 from torch import nn
@@ -112,11 +113,14 @@ def find_deepspeed_config(env: MutableMapping[str, str]) -> None:
         env[DEEPSPEED_CONFIG] = str(shipped)
 
 
-def make_accelerator(precision: str, grad_accum: int, launch: Launch) -> Accelerator:
-    """The Accelerator for this launch. On CPU, DDP needs ``cpu=True`` (gloo), but DeepSpeed must NOT get it
-    (it would be dropped silently): it gets a gloo process group instead."""
+def make_accelerator(precision: str, grad_accum: int, launch: Launch, run_dir: Path,
+                     log_with: list[str | GeneralTracker]) -> Accelerator:
+    """The Accelerator for this launch, logging with the trackers ``log_with`` (those that want a folder get the
+    run folder). On CPU, DDP needs ``cpu=True`` (gloo), but DeepSpeed must NOT get it (it would be dropped
+    silently): it gets a gloo process group instead."""
     cuda = torch.cuda.is_available()
-    kwargs: dict[str, Any] = {"mixed_precision": precision, "gradient_accumulation_steps": grad_accum}
+    kwargs: dict[str, Any] = {"mixed_precision": precision, "gradient_accumulation_steps": grad_accum,
+                              "log_with": log_with, "project_dir": str(run_dir)}
     if launch.deepspeed:
         find_deepspeed_config(os.environ)
     if launch.deepspeed and not cuda:
