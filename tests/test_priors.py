@@ -151,6 +151,12 @@ def test_third_party_prior_is_a_sampler_of_the_sample_task(trained_run, tmp_path
     assert (out / "grid.png").read_bytes() == (tmp_path / "again" / "grid.png").read_bytes()
 
 
+def test_encoding_a_split_shows_its_progress(trained_run):
+    code = f"import vaeforge; vaeforge.load({str(trained_run)!r}).posterior_means('train', 100)"
+    shown = run([PY, "-c", code], env=env(TQDM_DISABLE="")).stderr  # tqdm reads TQDM_DISABLE when imported
+    assert "encoding train images: 100%" in shown and "100/100" in shown, shown
+
+
 def test_python_api_samples_from_a_fitted_prior(trained_run):
     model = vaeforge.load(trained_run)
     faces = model.sample(4, 0.8, seeded(0), sampler="flow", prior_args={**QUICK["flow"], "steps": 20})

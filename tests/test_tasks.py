@@ -180,8 +180,9 @@ def test_denoise_restores_noisy_val_faces(denoiser, faces, tmp_path):
 
 def test_edit_saves_the_direction_and_reuses_it(denoiser, faces, tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
-    task("task=edit", f"run_dir={denoiser}", f"input={faces}", "attribute=Pale Skin", "alphas=[-2,0,2]",
-         "train_limit=300", f"output={first}")
+    shown = task("task=edit", f"run_dir={denoiser}", f"input={faces}", "attribute=Pale Skin", "alphas=[-2,0,2]",
+                 "train_limit=300", f"output={first}", env=env(TQDM_DISABLE="")).stderr
+    assert "encoding images labelled Pale Skin" in shown  # the direction's encoding pass shows its progress
     s = summary(first)
     vector = denoiser / "vectors" / "Pale Skin.safetensors"
     assert s["vector"] == str(vector) and vector.is_file() and s["vector_origin"] == "computed"

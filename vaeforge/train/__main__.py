@@ -76,15 +76,15 @@ def main(argv: list[str]) -> None:
     trainer = Trainer(cfg)
     try:
         state = trainer.fit()
-    except RuntimeError as exc:
+    except (RuntimeError, OSError, EOFError) as exc:
         trainer.abort()
+        death = worker_death(exc)
+        if death is not None:
+            raise death from None
         if peer_failed(exc, trainer.world):
             log.warning(f"rank {trainer.rank} stops: another rank failed (its error is above)")
             raise SystemExit(1) from None
-        death = worker_death(exc)
-        if death is None:
-            raise
-        raise death from None
+        raise
     except BaseException:
         trainer.abort()  # no barrier: the other ranks may wait in a collective this one will never join
         raise

@@ -163,8 +163,8 @@ def any_rank(acc: Accelerator, flag: bool) -> bool:
 
 def peer_failed(exc: BaseException, world: int) -> bool:
     """Whether ``exc`` is a collective that broke because another rank ended (it printed the real error)."""
-    return world > 1 and (isinstance(exc, torch.distributed.DistBackendError)
-                          or any(text in str(exc) for text in ("Connection closed by peer", "Connection reset by peer")))
+    return world > 1 and (isinstance(exc, torch.distributed.DistBackendError) or isinstance(exc, RuntimeError) and
+                          any(text in str(exc) for text in ("Connection closed by peer", "Connection reset by peer")))
 
 
 def broadcast_from_rank0(acc: Accelerator, value: float) -> float:
