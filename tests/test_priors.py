@@ -167,10 +167,11 @@ def test_python_api_samples_from_a_fitted_prior(trained_run):
 
 def test_evaluate_scores_each_chosen_sampler(trained_run, shared_dir, tmp_path):
     out = tmp_path / "eval"
-    run([PY, "-m", "vaeforge.run", "task=evaluate", f"run_dir={trained_run}", "limit=64", "samples=64",
-         "samplers=[prior,flow_matching]", "prior_train_limit=300",
-         *[f"prior_args.flow_matching.{k}={v}" for k, v in QUICK["flow_matching"].items()], f"output={out}"],
-        env=env(VAEFORGE_LPIPS_WEIGHTS=str(shared_dir / "weights")))
+    shown = run([PY, "-m", "vaeforge.run", "task=evaluate", f"run_dir={trained_run}", "limit=64", "samples=64",
+                 "samplers=[prior,flow_matching]", "prior_train_limit=300",
+                 *[f"prior_args.flow_matching.{k}={v}" for k, v in QUICK["flow_matching"].items()], f"output={out}"],
+                env=env(VAEFORGE_LPIPS_WEIGHTS=str(shared_dir / "weights"), TQDM_DISABLE="")).stderr
+    assert "evaluate: 100%" in shown and "3/3" in shown, shown  # its stages: reconstructions, two samplers
     s = json.loads((out / "summary.json").read_text())
     assert set(s["samplers"]) == {"prior", "flow_matching"} and "fd_alexnet_gmm" not in s
     assert math.isfinite(s["fd_alexnet_flow_matching"]) and s["fd_alexnet_flow_matching"] > 0

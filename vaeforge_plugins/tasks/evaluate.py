@@ -18,7 +18,8 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from vaeforge.api import (LPIPS, STANDARD_NORMAL, TRAIN, VAL, AttributeClassifier, ConfigError, DataError, TaskContext,
-                          active_units, find_lpips_weights, frechet_distance, has_attribute, kl_per_dim, psnr,
-                          register_task, check_sampler, ssim, at_least)
+                          active_units, find_lpips_weights, frechet_distance, has_attribute, kl_per_dim,
+                          progress_bar, psnr, register_task, check_sampler, ssim, at_least)
 
 BATCH = 128
 INCEPTION_SIZE = 299
@@ -123,23 +124,25 @@ def inception_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([net(nn.functional.interpolate(c, size=size, mode="bilinear") * 2 - 1) for c in x.split(32)])
 
 
-def sample_metrics(ctx: TaskContext, cfg: EvaluateConfig, lpips: LPIPS, net: nn.Module | None, x: torch.Tensor
-                   ) -> dict:
+def sample_metrics(ctx: TaskContext, cfg: EvaluateConfig, lpips: LPIPS, net: nn.Module | None, x: torch.Tensor,
+                   shown: Any) -> dict:
     """Samples vs val images: the Frechet distance on AlexNet conv5 features per sampler (each sampler's first 64
     samples saved as a grid), and FID of the N(0, I) samples with an Inception net."""
     real = conv5(lpips, x)
     result: dict[str, Any] = {"samples": cfg.samples, "temperature": cfg.temperature, "samplers": {}}
     for name in cfg.samplers:
-        sampler = ctx.model.sampler(name, cfg.prior_args.get(name), cfg.prior_train_limit)
-        fake = ctx.model.decode(sampler.sample(cfg.samples, ctx.generator(), cfg.temperature)).cpu()
-        suffix = "" if name == STANDARD_NORMAL else f"_{name}"
-        ctx.save_grid(f"samples{suffix}.png", fake[:64], nrow=8)
-        result[f"fd_alexnet{suffix}"] = round(frechet_distance(conv5(lpips, fake), real), 4)
-        result["samplers"][name] = {"fd_alexnet": result[f"fd_alexnet{suffix}"], **sampler.describe()}
+        with stage(shown, f"samples of {name}"):
+            sampler = ctx.model.sampler(name, cfg.prior_args.get(name), cfg.prior_train_limit)
+            fake = ctx.model.decode(sampler.sample(cfg.samples, ctx.generator(), cfg.temperature)).cpu()
+            suffix = "" if name == STANDARD_NORMAL else f"_{name}"
+            ctx.save_grid(f"samples{suffix}.png", fake[:64], nrow=8)
+            result[f"fd_alexnet{suffix}"] = round(frechet_distance(conv5(lpips, fake), real), 4)
+            result["samplers"][name] = {"fd_alexnet": result[f"fd_alexnet{suffix}"], **sampler.describe()}
     if net is None:
         return {**result, "fid": None, "fid_note": NO_FID}
-    fake = ctx.model.sample(cfg.samples, cfg.temperature, ctx.generator(), sampler=STANDARD_NORMAL).cpu()
-    fid = frechet_distance(inception_features(net, fake), inception_features(net, x))
+    with stage(shown, "FID"):
+        fake = ctx.model.sample(cfg.samples, cfg.temperature, ctx.generator(), sampler=STANDARD_NORMAL).cpu()
+        fid = frechet_distance(inception_features(net, fake), inception_features(net, x))
     return {**result, "fid": round(fid, 4),
             "fid_note": f"torchvision InceptionV3 pool features, weights {cfg.inception_weights}, images resized "
                         f"to {INCEPTION_SIZE}; {cfg.samples} N(0, I) samples vs {len(x)} val images"}
@@ -150,7 +153,9 @@ def attribute_classifier(ctx: TaskContext, cfg: EvaluateConfig, lpips: LPIPS, ki
     """P(attribute) from LPIPS-AlexNet features, fitted on the labelled training photos and their reconstructions;
     returns it and the number of training images."""
     feats, targets = [], []
-    for batch in ctx.labelled(TRAIN, cfg.attribute, cfg.train_limit, BATCH):
+    batches = progress_bar(ctx.labelled(TRAIN, cfg.attribute, cfg.train_limit, BATCH),
+                           f"classifier features of images labelled {cfg.attribute}", unit="batch")
+    for batch in batches:
         y = has_attribute(batch.values, kind)
         feats += [all_taps(lpips, batch.images), all_taps(lpips, ctx.model.reconstruct(batch.images).cpu())]
         targets += [y, y]
@@ -228,8 +233,23 @@ def evaluate(ctx: TaskContext, cfg: EvaluateConfig) -> dict:
         raise ConfigError(f"evaluate: prior_args.{name} is for a sampler not scored (samplers={cfg.samplers})")
     lpips = LPIPS("alex", find_lpips_weights("alex", cfg.lpips_weights or None))
     net = inception(cfg.inception_weights) if cfg.inception_weights else None
-    val = ctx.split(VAL, ctx.limit)
-    x = torch.stack([s.image for s in val])
-    return {"output": str(ctx.output), "files": 1, "split": VAL, "images": len(val),
-            **reconstruction_metrics(ctx, lpips, x), **sample_metrics(ctx, cfg, lpips, net, x),
-            "edit": edit_metrics(ctx, cfg, lpips, val) if cfg.attribute else None}
+    stages = 1 + len(cfg.samplers) + (net is not None) + bool(cfg.attribute)
+    with progress_bar(desc="evaluate", total=stages, unit="stage") as shown:
+        with stage(shown, "reconstructions"):
+            val = ctx.split(VAL, ctx.limit)
+            x = torch.stack([s.image for s in val])
+            recon = reconstruction_metrics(ctx, lpips, x)
+        samples = sample_metrics(ctx, cfg, lpips, net, x, shown)
+        edit = None
+        if cfg.attribute:
+            with stage(shown, f"edits along {cfg.attribute}"):
+                edit = edit_metrics(ctx, cfg, lpips, val)
+    return {"output": str(ctx.output), "files": 1, "split": VAL, "images": len(val), **recon, **samples, "edit": edit}
+
+
+@contextmanager
+def stage(shown: Any, name: str) -> Iterator[None]:
+    """One step of the evaluate bar: its name beside the bar while it runs."""
+    shown.set_postfix_str(name)
+    yield
+    shown.update()
