@@ -12,7 +12,7 @@ import pytest
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
-from helpers import TINY
+from helpers import TINY, dump_dom
 from vaeforge.errors import ConfigError
 from vaeforge.runs.leaderboard import LeaderboardOptions, main as leaderboard_main, write_leaderboard
 from vaeforge.runs.sweep import SWEEP_FILE, expand, parse_grid, write_index
@@ -122,7 +122,7 @@ def sweep_folder(tmp_path: Path) -> Path:
     write_index(root, "optim.lr=[...]", points, [f"5_{i}" for i in range(5)], "evaluate")
     runs = [fake_run(root / p.folder, {"run_dir": str(root / p.folder), "optim": {"lr": p.overrides["optim.lr"]},
                                        "trainer": {"max_steps": 20}}, step=20) for p in points[:4]]
-    summary(runs[0], psnr=18.5, lpips=0.31)
+    summary(runs[0], psnr=9.75, lpips=0.31)
     summary(runs[1], psnr=19.25, lpips=0.29)
     with SummaryWriter(str(runs[2] / "tb")) as tb:
         for step, value in ((10, 16.0), (20, 17.5)):
@@ -139,7 +139,7 @@ def test_leaderboard_lists_every_run_with_its_source_and_sorts(sweep_folder, cap
         "| run | optim.lr | steps | source | psnr | lpips | val/psnr |",
         "| --- | --- | --- | --- | --- | --- | --- |",
         "| lr=0.002 | 0.002 | 20 | evaluate | 19.25 | 0.29 |  |",
-        "| lr=0.001 | 0.001 | 20 | evaluate | 18.5 | 0.31 |  |",
+        "| lr=0.001 | 0.001 | 20 | evaluate | 9.75 | 0.31 |  |",
         "| lr=0.004 | 0.004 | 20 | val (step 20) |  |  | 17.5 |",
         "| lr=0.008 | 0.008 | 20 |  |  |  |  |",
         "| lr=0.016 | 0.016 |  | not started |  |  |  |",
@@ -173,3 +173,18 @@ def test_leaderboard_errors_are_one_line(tmp_path, sweep_folder, capsys):
             leaderboard_main(args)
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.integration  # a real browser
+def test_leaderboard_page_sorts_by_the_clicked_header_in_chromium(sweep_folder, chromium, tmp_path):
+    write_leaderboard(LeaderboardOptions(dir=str(sweep_folder)))
+    order = "document.body.dataset.%s=[...document.querySelectorAll('tbody tr')].map(r=>r.cells[0].textContent);"
+    clicks = ("<script>const h=[...document.querySelectorAll('th')].find(t=>t.textContent==='psnr');"
+              f"h.click();{order % 'up'}h.click();{order % 'down'}</script></body>")
+    page = tmp_path / "clicked.html"
+    page.write_text((sweep_folder / "leaderboard.html").read_text().replace("</body>", clicks))
+    dom = dump_dom(chromium, page, tmp_path / "profile")
+    # numbers as numbers (9.75 before 19.25), blanks last both ways
+    assert 'data-up="lr=0.001,lr=0.002,lr=0.004,lr=0.008,lr=0.016"' in dom, dom[:2000]
+    assert 'data-down="lr=0.002,lr=0.001,lr=0.004,lr=0.008,lr=0.016"' in dom
+    assert '<th data-order="desc">psnr</th>' in dom
