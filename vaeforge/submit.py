@@ -334,8 +334,9 @@ def main(argv: list[str] | None = None) -> None:
     shape = f"{slurm.nodes} node(s) x {slurm.processes_per_node} processes"
     if points:
         index = write_index(root, opts.sweep, points, [j.job_id for j in submitted], opts.then)
+        logs = f"{job_id}_<point>" if len(points) > 1 else job_id  # submitit submits one point as a plain job
         print(f"submitted array job {job_id}: {len(points)} runs of {shape}\n  run folders: {root}/<point> "
-              f"(index: {index})\n  logs: {root / LOG_DIR}/{job_id}_<point>_<task>_log.out|err\n"
+              f"(index: {index})\n  logs: {root / LOG_DIR}/{logs}_<task>_log.out|err\n"
               f"  follow: squeue -j {job_id}\n  compare: vaeforge leaderboard dir={root}")
         return
     print(f"submitted job {job_id}: {shape}\n  run folder: {root}\n"

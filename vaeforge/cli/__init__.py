@@ -12,16 +12,16 @@ from ..errors import ConfigError, unknown_choice
 USAGE = """usage: vaeforge <verb> [key=value ...]   (vaeforge <verb> --help: its options)
 
 verbs:
-  prepare   LFW, or any folder or archive of images (dataset=folder) -> WebDataset shards + manifest.json
-  lpips     download the official LPIPS weights (or convert local .pth files: trunk=, head=) into the cache
-  train     train a recipe (use `accelerate launch -m vaeforge.train` for several processes)
-  run       run a task (reconstruct, sample, ...) on a trained run
-  submit    train on a SLURM cluster (slurm=PROFILE; requeues itself on preemption; sweep= a grid as one array; --dry-run)
+  prepare      LFW, or any folder or archive of images (dataset=folder) -> WebDataset shards + manifest.json
+  lpips        download the official LPIPS weights (or convert local .pth files: trunk=, head=) into the cache
+  train        train a recipe (use `accelerate launch -m vaeforge.train` for several processes)
+  run          run a task (reconstruct, sample, ...) on a trained run
+  submit       train on a SLURM cluster (slurm=PROFILE; requeued on preemption; sweep= a grid as one array; --dry-run)
   leaderboard  one table (Markdown, sortable HTML) of every run below a folder: swept keys, steps, evaluate numbers
-  plugins   list every registered plugin with its kind and origin
-  report    write a self-contained HTML page for a run (curves, grids, task results, config)
-  export    write a run's model as a portable folder (config.json, model.safetensors, model card) for from_pretrained
-  recipes   list the available recipes
+  plugins      list every registered plugin with its kind and origin
+  report       write a self-contained HTML page for a run (curves, grids, task results, config)
+  export       write a run's model as a portable folder (config.json, model.safetensors, model card) for from_pretrained
+  recipes      list the available recipes
 """
 
 

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ..cli.args import user_errors_exit
 from ..cli.options import help_text, read_args
 from ..config.loader import flatten, validate_options
 from ..config.yamlfile import read_yaml
 from ..errors import ConfigError, unknown_choice
+from .folder import latest_state
 from .layout import CONFIG_FILE, RUN_FILE, TASKS_DIR, TB_DIR
 from .sweep import SWEEP_FILE, read_index
 
@@ -59,8 +61,8 @@ def scan(folder: Path) -> tuple[list[Path], dict[Path, dict[str, Any]]]:
     """Run folders at or below ``folder`` (not below a run folder), in path order, and the sweep indexes found."""
     runs, indexes = [], {}
     for here, dirs, files in os.walk(folder):
-        if SWEEP_FILE in files and read_index(Path(here)):
-            indexes[Path(here)] = read_index(Path(here))
+        if SWEEP_FILE in files and (index := read_index(Path(here))):
+            indexes[Path(here)] = index
         if CONFIG_FILE in files and RUN_FILE in files:
             runs.append(Path(here))
             dirs.clear()
@@ -86,8 +88,6 @@ def summary_numbers(run: Path, task: str) -> dict[str, Any] | None:
 
 def last_validation(run: Path) -> tuple[int, dict[str, float]]:
     """The last value of each ``val/`` scalar of the run's TensorBoard log, and the step of the latest."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     if not (run / TB_DIR).is_dir():
         return 0, {}
     acc = EventAccumulator(str(run / TB_DIR), size_guidance={"scalars": 0})
@@ -98,8 +98,6 @@ def last_validation(run: Path) -> tuple[int, dict[str, float]]:
 
 def run_row(run: Path, folder: Path, task: str) -> dict[str, Any]:
     """One run's row without its swept values: run, steps, source and numbers."""
-    from .folder import latest_state
-
     row: dict[str, Any] = {"run": str(run.relative_to(folder)) if run != folder else run.name,
                            "steps": latest_state(run).get("step"), "source": ""}
     numbers = summary_numbers(run, task)
@@ -134,7 +132,7 @@ def gather(folder: Path, task: str) -> tuple[list[str], list[dict[str, Any]]]:
     for run in sorted([*runs, *waiting]):
         row = run_row(run, folder, task) if run in configs else {"run": str(run.relative_to(folder)),
                                                                 "source": "not started"}
-        values = configs.get(run) or waiting[run]
+        values = configs[run] if run in configs else waiting[run]
         rows.append({**row, **{k: values.get(k) for k in keys}})
     numbers = [k for row in rows for k in row if k not in FIXED and k not in keys]
     return ["run", *keys, "steps", "source", *dict.fromkeys(numbers)], rows
