@@ -91,6 +91,10 @@ def test_sweep_dry_run_prints_one_array_and_validates_every_point_first(tmp_path
     with pytest.raises(SystemExit):
         submit_main([*args[:-1], "then.sample=3", "--dry-run"])
     assert "unknown key 'sample' in task 'evaluate'" in capsys.readouterr().err
+    # the recipe itself may be swept: no point is resolved without its overrides
+    submit_main(["slurm=local", "data.shards=data/lfw64", f"run_dir={root}", "sweep=recipe=[lfw_unet,lfw_mlp]",
+                 "--dry-run"])
+    assert "#   task 1: recipe=lfw_mlp  (recipe=lfw_mlp)" in capsys.readouterr().out
 
 
 def fake_run(folder: Path, config: dict, step: int | None = None) -> Path:

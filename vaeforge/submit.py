@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -167,7 +168,7 @@ class TrainJob:
         rank = rank_environment(self.master_addr)
         self._wait(self.command(), {**os.environ, **self.env, **rank}, f"rank {rank['RANK']}: training")
         if self.then and rank["RANK"] == "0":
-            self._wait(self.then_command(), {**os.environ}, f"{self.then[0]} after training")
+            self._wait(self.then_command(), dict(os.environ), f"{self.then[0]} after training")
         return latest_state(Path(self.run_dir))
 
     def _wait(self, command: list[str], env: dict[str, str], what: str) -> None:
@@ -193,7 +194,7 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(dataclasses.replace(self))
 
 
-def training_job(train_args: list[str], slurm: SlurmConfig, then: list[str] = ()) -> TrainJob:
+def training_job(train_args: list[str], slurm: SlurmConfig, then: Sequence[str] = ()) -> TrainJob:
     """Validate the training arguments now (fail before queueing) and fix the run folder for all ranks."""
     from .train.__main__ import resolve_config
 
@@ -227,21 +228,29 @@ def then_task(then: str | None, then_args: list[str]) -> list[str]:
     return [f"task={then}", *then_args]
 
 
+@contextlib.contextmanager
+def naming(point: Point) -> Iterator[None]:
+    """An error of one sweep point names it."""
+    try:
+        yield
+    except VaeforgeError as exc:
+        raise type(exc)(f"sweep point {' '.join(point.args())}: {exc}") from None
+
+
 def sweep_jobs(spec: str, train_args: list[str], slurm: SlurmConfig, then: list[str]
                ) -> tuple[Path, list[Point], list[TrainJob]]:
     """The sweep's run folder (``run_dir``), its points, and a job per point, every point validated as a training
-    config before anything is queued (an error names the point)."""
+    config before anything is queued."""
     from .train.__main__ import resolve_config
 
     points = expand(spec)
-    root = Path(str(resolve_config(parse_overrides(train_args)).run_dir)).resolve()
+    with naming(points[0]):  # run_dir: the given one, else the first point's default (a swept recipe may set it)
+        root = Path(str(resolve_config(parse_overrides([*train_args, *points[0].args()])).run_dir)).resolve()
     base = [a for a in train_args if not a.startswith("run_dir=")]
     jobs = []
     for point in points:
-        try:
+        with naming(point):
             jobs.append(training_job([*base, *point.args(), f"run_dir={root / point.folder}"], slurm, then))
-        except VaeforgeError as exc:
-            raise type(exc)(f"sweep point {' '.join(point.args())}: {exc}") from None
     return root, points, jobs
 
 
