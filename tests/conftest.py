@@ -6,6 +6,7 @@ import http.server
 import io
 import os
 import shutil
+import subprocess
 import tarfile
 import threading
 import urllib.parse
@@ -220,3 +221,16 @@ def http_server() -> Iterator[Callable[..., LocalServer]]:
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium, installed by the test setup when it is missing (root, package registry only)."""
+    found = shutil.which("chromium")
+    if found:
+        return found
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+    if subprocess.run(install, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update"], check=True, capture_output=True)
+        subprocess.run(install, check=True, capture_output=True)
+    return shutil.which("chromium") or pytest.fail("chromium did not install")

@@ -1,6 +1,7 @@
 """``vaeforge submit`` on a real one-node SLURM cluster (slurm/local-cluster.sh, loopback only): a 1-node 2-task
 job trains, is preempted (USR2, as SLURM sends before a time limit), checkpoints, requeues itself and resumes to
-the end with the step count continuing; ``--dry-run`` prints the sbatch script and the launch."""
+the end with the step count continuing; ``--dry-run`` prints the sbatch script and the launch; a 3-point sweep runs
+as one array, each point trained and evaluated in its own run folder, and ``vaeforge leaderboard`` ranks them."""
 from __future__ import annotations
 
 import json
@@ -114,3 +115,28 @@ def test_two_task_job_trains_is_preempted_requeues_and_resumes(slurm_cluster, lf
     assert info["world_size"] == 2 and info["slurm_job_id"] == job_id and info["backend"] == "gloo"
     assert {p.name for p in (run_dir / "slurm").glob(f"{job_id}_*_log.out")} == {f"{job_id}_0_log.out",
                                                                                f"{job_id}_1_log.out"}
+
+
+def test_three_point_sweep_is_one_array_and_its_leaderboard_has_every_point(slurm_cluster, lfw64, lpips_weights,
+                                                                            tmp_path):
+    root = tmp_path / "sweep"
+    lrs = ["3e-4", "3e-3", "3e-2"]
+    out = submit(*TINY, f"data.shards={lfw64}", f"run_dir={root}", "trainer.max_steps=10", "trainer.val_every=0",
+                 "trainer.image_every=0", "slurm=local", "slurm.tasks_per_node=1", f"sweep=optim.lr=[{','.join(lrs)}]",
+                 "then=evaluate", "then.weights=model", "then.limit=64", "then.samples=32", "then.samplers=[prior]",
+                 f"then.lpips_weights={lpips_weights / 'lpips_alexnet.safetensors'}", env=slurm_cluster).stdout
+    job_id = re.search(r"submitted array job (\d+): 3 runs", out).group(1)
+    wait_until(lambda: not in_queue(job_id, slurm_cluster), 240, "the array to finish")
+
+    index = json.loads((root / "sweep.json").read_text())
+    assert [(p["folder"], p["job_id"]) for p in index["points"]] == [(f"lr={lr}", f"{job_id}_{i}")
+                                                                     for i, lr in enumerate(lrs)]
+    board = run([str(BIN / "vaeforge"), "leaderboard", f"dir={root}", "sort=-psnr"]).stdout
+    lines = board.splitlines()
+    assert lines[0].startswith("| run | optim.lr | steps | source | images | psnr | ssim | lpips | kl |"), board
+    rows = [dict(zip(lines[0].strip("| ").split(" | "), line.strip("| ").split(" | "))) for line in lines[2:5]]
+    assert sorted(float(r["optim.lr"]) for r in rows) == [float(lr) for lr in lrs]
+    assert all(r["steps"] == "10" and r["source"] == "evaluate" and r["images"] == "64" for r in rows), board
+    psnr = [float(r["psnr"]) for r in rows]
+    assert psnr == sorted(psnr, reverse=True) and len(set(psnr)) == 3  # the learning rates made three models
+    assert (root / "leaderboard.html").is_file() and (root / "leaderboard.md").is_file()

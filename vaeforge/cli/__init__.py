@@ -11,15 +11,16 @@ from ..errors import ConfigError, unknown_choice
 USAGE = """usage: vaeforge <verb> [-q | -v] [key=value ...]   (vaeforge <verb> --help: its options)
 
 verbs:
-  prepare   LFW, or any folder or archive of images (dataset=folder) -> WebDataset shards + manifest.json
-  lpips     download the official LPIPS weights (or convert local .pth files: trunk=, head=) into the cache
-  train     train a recipe (use `accelerate launch -m vaeforge.train` for several processes)
-  run       run a task (reconstruct, sample, ...) on a trained run
-  submit    train on a SLURM cluster (slurm=PROFILE; requeues itself on preemption; --dry-run)
-  plugins   list every registered plugin with its kind and origin
-  report    write a self-contained HTML page for a run (curves, grids, task results, config)
-  export    write a run's model as a portable folder (config.json, model.safetensors, model card) for from_pretrained
-  recipes   list the available recipes
+  prepare      LFW, or any folder or archive of images (dataset=folder) -> WebDataset shards + manifest.json
+  lpips        download the official LPIPS weights (or convert local .pth files: trunk=, head=) into the cache
+  train        train a recipe (use `accelerate launch -m vaeforge.train` for several processes)
+  run          run a task (reconstruct, sample, ...) on a trained run
+  submit       train on a SLURM cluster (slurm=PROFILE; requeued on preemption; sweep= a grid as one array; --dry-run)
+  leaderboard  one table (Markdown, sortable HTML) of every run below a folder: swept keys, steps, evaluate numbers
+  plugins      list every registered plugin with its kind and origin
+  report       write a self-contained HTML page for a run (curves, grids, task results, config)
+  export       write a run's model as a portable folder (config.json, model.safetensors, model card) for from_pretrained
+  recipes      list the available recipes
 
 {flags} (every verb)
 """
@@ -59,11 +60,11 @@ def list_recipes(argv: list[str]) -> None:
 def _verbs() -> dict:
     from .. import prepare, run, submit
     from ..models import lpips_weights
-    from ..runs import export, report
+    from ..runs import export, leaderboard, report
     from ..train import __main__ as train
 
     return {"prepare": prepare.main, "lpips": lpips_weights.main, "train": train.main, "run": run.main,
-            "report": report.main, "export": export.main, "submit": submit.main, "plugins": list_plugins,
+            "report": report.main, "leaderboard": leaderboard.main, "export": export.main, "submit": submit.main, "plugins": list_plugins,
             "recipes": list_recipes}
 
 

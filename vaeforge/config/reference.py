@@ -68,13 +68,15 @@ def _verb_options() -> list[tuple[str, type, str]]:
     from ..models.lpips_weights import LpipsOptions
     from ..prepare import OPTIONS
     from ..runs.export import ExportOptions
+    from ..runs.leaderboard import LeaderboardOptions
     from ..runs.report import ReportOptions
-    from ..submit import SlurmConfig
+    from ..submit import SlurmConfig, SubmitOptions
     from ..tasks.runner import TaskOptions
 
     prepare = [(f"prepare dataset={name}", options, "") for name, options in OPTIONS.items()]
     return [*prepare, ("lpips", LpipsOptions, ""), ("run", TaskOptions, ""),
-            ("submit", SlurmConfig, "slurm."), ("report", ReportOptions, ""), ("export", ExportOptions, ""),
+            ("submit", SubmitOptions, ""), ("submit slurm=PROFILE", SlurmConfig, "slurm."),
+            ("report", ReportOptions, ""), ("leaderboard", LeaderboardOptions, ""), ("export", ExportOptions, ""),
             ("plugins", PluginsOptions, "")]
 
 

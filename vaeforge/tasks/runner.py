@@ -46,8 +46,9 @@ class TaskOptions:
     shards: Optional[str] = None  # where the run's dataset is (input=val, fitted priors); default: its data.shards
 
 
-def run_task(args: dict[str, Any]) -> dict[str, Any]:
-    """Run one task from ``key=value`` arguments; returns the summary that was written."""
+def task_options(args: dict[str, Any]) -> tuple[TaskOptions, Any, Any]:
+    """``key=value`` arguments of a task run, checked: the options every task takes, the task plugin and its own
+    options (also called by ``vaeforge submit then=TASK`` before it queues anything)."""
     common, options = _split(args)
     if not common.get("task"):
         raise ConfigError(f"no task given: pass task=NAME ({did_you_mean('', REGISTRY.names('task'))})")
@@ -56,7 +57,12 @@ def run_task(args: dict[str, Any]) -> dict[str, Any]:
     opts: TaskOptions = validate_options(TaskOptions, common, "run")
     REGISTRY.import_modules(opts.plugins)
     plugin = REGISTRY.get("task", opts.task)
-    cfg = validate_options(plugin.config, options, f"task '{plugin.name}'")
+    return opts, plugin, validate_options(plugin.config, options, f"task '{plugin.name}'")
+
+
+def run_task(args: dict[str, Any]) -> dict[str, Any]:
+    """Run one task from ``key=value`` arguments; returns the summary that was written."""
+    opts, plugin, cfg = task_options(args)
     model = load(opts.run_dir, opts.checkpoint, opts.weights, opts.device, opts.plugins, opts.shards)
     output = Path(opts.output or Path(opts.run_dir) / TASKS_DIR / plugin.name)
     output.mkdir(parents=True, exist_ok=True)
