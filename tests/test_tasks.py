@@ -206,6 +206,8 @@ def test_evaluate_metrics_and_happiness_edit(denoiser, lpips_env, tmp_path):
     assert s["kl"] > 0 and 0 < s["active_units"] <= s["latent_dim"] == 32
     assert s["fid"] is None and "no InceptionV3 weights" in s["fid_note"]
     assert 0 < s["fd_alexnet_gmm"] < float("inf") and s["samplers"]["gmm"]["prior_options"]["components"] == 10
+    assert s["checkerboard_recon"] > 0 and s["checkerboard_prior"] > 0  # ratios to the val images' own
+    assert s["samplers"]["gmm"]["checkerboard"] == s["checkerboard_gmm"] != s["checkerboard_prior"]
     edit = s["edit"]
     assert edit["faces"] == "neutral" and edit["n"] == 64 and edit["classifier"]["train_images"] == 800
     assert edit["classifier"]["val_accuracy_photos"] > 0.6  # happiness vs the rest, about 40% positives

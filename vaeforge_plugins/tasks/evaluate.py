@@ -1,6 +1,10 @@
 """``evaluate``: one metrics JSON for a run, on the val split (offline: no downloads).
 
 - reconstruction (posterior mean) vs input: PSNR, SSIM, LPIPS-AlexNet;
+- checkerboard: the power of the period-2 frequencies (``checkerboard_power``) of the reconstructions
+  (``checkerboard_recon``) and of each sampler's samples (``checkerboard_<sampler>``, e.g. ``checkerboard_prior``),
+  each as a ratio to that of the val images themselves: a decoder that prints a mesh on its faces scores well
+  above 1 (blur lowers it);
 - KL(q(z|x) || N(0, I)) per image (nats) and the active latent units;
 - samples: Frechet distance between ``samples`` samples and the val images on AlexNet features (mean-pooled
   conv5 activations of the LPIPS AlexNet trunk), per sampler of ``samplers``: ``fd_alexnet`` for N(0, I)
@@ -30,8 +34,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from vaeforge.api import (LPIPS, STANDARD_NORMAL, TRAIN, VAL, AttributeClassifier, ConfigError, DataError, TaskContext,
-                          active_units, find_lpips_weights, frechet_distance, has_attribute, kl_per_dim,
-                          progress_bar, psnr, register_task, check_sampler, ssim, at_least)
+                          active_units, checkerboard_power, find_lpips_weights, frechet_distance, has_attribute,
+                          kl_per_dim, progress_bar, psnr, register_task, check_sampler, ssim, at_least)
 
 BATCH = 128
 INCEPTION_SIZE = 299
@@ -82,13 +86,18 @@ def lpips_distance(lpips: LPIPS, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
     return torch.cat([lpips(a, b) for a, b in zip(x.split(BATCH), y.split(BATCH))])
 
 
+def checkerboard(images: torch.Tensor, real: torch.Tensor) -> float:
+    """Checkerboard power of ``images`` as a ratio to that of the ``real`` images (1: as much as photos have)."""
+    return round(checkerboard_power(images) / checkerboard_power(real), 4)
+
+
 def reconstruction_metrics(ctx: TaskContext, lpips: LPIPS, x: torch.Tensor) -> dict:
-    """PSNR / SSIM / LPIPS of the reconstructions, KL per image and active units."""
+    """PSNR / SSIM / LPIPS / checkerboard ratio of the reconstructions, KL per image and active units."""
     mu, logvar = ctx.model.encode(x)
     recon = ctx.model.decode(mu).cpu()
     kl = kl_per_dim(mu, logvar).cpu()
     return {"psnr": mean(psnr(recon, x)), "ssim": mean(ssim(recon, x)), "lpips": mean(lpips_distance(lpips, recon, x)),
-            "kl": mean(kl.sum(1)), "active_units": active_units(kl),
+            "checkerboard_recon": checkerboard(recon, x), "kl": mean(kl.sum(1)), "active_units": active_units(kl),
             "latent_dim": ctx.model.latent_dim}
 
 
@@ -126,8 +135,8 @@ def inception_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def sample_metrics(ctx: TaskContext, cfg: EvaluateConfig, lpips: LPIPS, net: nn.Module | None, x: torch.Tensor,
                    shown: Any) -> dict:
-    """Samples vs val images: the Frechet distance on AlexNet conv5 features per sampler (each sampler's first 64
-    samples saved as a grid), and FID of the N(0, I) samples with an Inception net."""
+    """Samples vs val images: the Frechet distance on AlexNet conv5 features and the checkerboard ratio per sampler
+    (each sampler's first 64 samples saved as a grid), and FID of the N(0, I) samples with an Inception net."""
     real = conv5(lpips, x)
     result: dict[str, Any] = {"samples": cfg.samples, "temperature": cfg.temperature, "samplers": {}}
     for name in cfg.samplers:
@@ -137,7 +146,9 @@ def sample_metrics(ctx: TaskContext, cfg: EvaluateConfig, lpips: LPIPS, net: nn.
             suffix = "" if name == STANDARD_NORMAL else f"_{name}"
             ctx.save_grid(f"samples{suffix}.png", fake[:64], nrow=8)
             result[f"fd_alexnet{suffix}"] = round(frechet_distance(conv5(lpips, fake), real), 4)
-            result["samplers"][name] = {"fd_alexnet": result[f"fd_alexnet{suffix}"], **sampler.describe()}
+            result[f"checkerboard_{name}"] = checkerboard(fake, x)
+            result["samplers"][name] = {"fd_alexnet": result[f"fd_alexnet{suffix}"],
+                                        "checkerboard": result[f"checkerboard_{name}"], **sampler.describe()}
     if net is None:
         return {**result, "fid": None, "fid_note": NO_FID}
     with stage(shown, "FID"):
