@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers import BIN, TINY, env, run
-from vaeforge.submit import available_profiles, slurm_config
+from vaeforge.submit import LOG_DIR, available_profiles, slurm_config
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "slurm" / "local-cluster.sh"
@@ -48,12 +48,28 @@ def submit(*args: str, **kw) -> subprocess.CompletedProcess:
     return run([str(BIN / "vaeforge"), "submit", *args], **kw)
 
 
-def wait_until(predicate, timeout: float, what: str) -> None:
+def wait_until(predicate, timeout: float, what: str, job_id: str = "", run_dir: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}\n{cluster_report(job_id, run_dir)}")
         time.sleep(0.5)
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else "(none)"
+
+
+def cluster_report(job_id: str, run_dir: Path | None) -> str:
+    """What a timed-out wait needs to be understood: the job as SLURM sees it, its logs, the daemons' logs."""
+    slurm_env = env(SLURM_CONF=str(SLURM_DIR / "slurm.conf"))
+    parts = [subprocess.run(cmd, capture_output=True, text=True, env=slurm_env).stdout
+             for cmd in (["sinfo", "-N", "-l"], ["squeue", "-l"], ["scontrol", "show", "job", job_id])
+             if job_id or cmd[0] != "scontrol"]
+    logs = sorted((run_dir / LOG_DIR).glob("*_log.*")) if run_dir else []
+    parts += [f"--- {path.name}\n{tail(path)}" for path in logs]
+    parts += [f"--- {name}\n{tail(SLURM_DIR / name)}" for name in ("slurmctld.log", "slurmd.log")]
+    return "\n".join(parts)
 
 
 def in_queue(job_id: str, slurm_env: dict[str, str]) -> bool:
@@ -100,9 +116,9 @@ def test_two_task_job_trains_is_preempted_requeues_and_resumes(slurm_cluster, lf
                  env=slurm_cluster).stdout
     job_id = re.search(r"submitted job (\d+)", out).group(1)
     # any checkpoint: on a fast machine step 5's is already rotated out (keep_checkpoints) when the poll looks
-    wait_until(lambda: any((run_dir / "checkpoints").glob("step_*[0-9]")), 240, "the first checkpoint")
+    wait_until(lambda: any((run_dir / "checkpoints").glob("step_*[0-9]")), 240, "the first checkpoint", job_id, run_dir)
     run(["scancel", "--signal=USR2", job_id], env=slurm_cluster)  # what SLURM sends signal_delay_s before the limit
-    wait_until(lambda: not in_queue(job_id, slurm_cluster), 300, "the requeued job to finish")
+    wait_until(lambda: not in_queue(job_id, slurm_cluster), 300, "the requeued job to finish", job_id, run_dir)
 
     logs = "".join(p.read_text() for p in sorted((run_dir / "slurm").glob(f"{job_id}_0_log.*")))
     stopped = int(re.search(r"stopping at step (\d+) \(signal\)", logs).group(1))
@@ -126,7 +142,7 @@ def test_three_point_sweep_is_one_array_and_its_leaderboard_has_every_point(slur
                  "then=evaluate", "then.weights=model", "then.limit=64", "then.samples=32", "then.samplers=[prior]",
                  f"then.lpips_weights={lpips_weights / 'lpips_alexnet.safetensors'}", env=slurm_cluster).stdout
     job_id = re.search(r"submitted array job (\d+): 3 runs", out).group(1)
-    wait_until(lambda: not in_queue(job_id, slurm_cluster), 240, "the array to finish")
+    wait_until(lambda: not in_queue(job_id, slurm_cluster), 240, "the array to finish", job_id, root)
 
     index = json.loads((root / "sweep.json").read_text())
     assert [(p["folder"], p["job_id"]) for p in index["points"]] == [(f"lr={lr}", f"{job_id}_{i}")
