@@ -72,6 +72,7 @@ class TrainerConfig:
     ema_every: int = at_least(1, 1)  # steps between EMA updates, each standing for that many (decay ** ema_every): cheaper
     seed: int = 0  # same seed, same run (weights, data order, noise)
     log_with: List[str] = field(default_factory=lambda: ["tensorboard"])  # experiment trackers (accelerate's: tensorboard, mlflow, wandb, comet_ml, aim, clearml, dvclive, swanlab, trackio): each gets the scalars and the config; TensorBoard (run_dir/tb) also histograms, image grids and HParams; [] logs nowhere
+    tracker_project: str = "vaeforge"  # the trackers' project: MLflow's experiment (MLFLOW_EXPERIMENT_NAME overrides), W&B's project, ...
     log_every: int = at_least(1, 25)  # steps between scalar logs
     val_every: int = at_least(0, 500)  # steps between validation passes; 0 disables
     image_every: int = at_least(0, 500)  # reconstruction and sample grids in TensorBoard; 0 disables

@@ -31,7 +31,7 @@ class Monitor:
     seconds up to the budget (so its total and ETA are the budget's, not a nominal step count's). A tracker that
     cannot write (a full disk) stops the run with one line naming it (TensorBoard: its folder)."""
 
-    def __init__(self, acc: Accelerator, run_dir: Path, config: dict[str, Any], max_steps: int,
+    def __init__(self, acc: Accelerator, run_dir: Path, config: dict[str, Any], project: str, max_steps: int,
                  budget: float | None, progress: bool) -> None:
         self.enabled, self.budget, self.events = acc.is_main_process, budget, run_dir / TB_DIR
         self.acc = acc
@@ -39,7 +39,7 @@ class Monitor:
         if self.enabled:
             _quiet_tensorboard_threads()
         with self._reported(*acc.log_with):
-            tracking.start(acc, run_dir, tracking.flat_config(config))
+            tracking.start(acc, run_dir, tracking.flat_config(config), project)
         if self.enabled:
             self.trackers = list(acc.trackers)
         total, unit = (max_steps, "step") if budget is None else (round(budget), "s")
@@ -116,16 +116,17 @@ class Monitor:
         if self.enabled:
             log.warning(message)
 
-    def close(self) -> None:
-        """Close the bar and finish every tracker (the first failure raised after all are finished); they are
-        finished here, with failures named, so ``Accelerator.end_training`` finds none left."""
+    def close(self, failed: bool = False) -> None:
+        """Close the bar and finish every tracker's run, as failed when the training ``failed`` (the first
+        tracker failure raised after all are finished); they are finished here, with failures named, so
+        ``Accelerator.end_training`` finds none left."""
         self.bar.close()
         trackers, self.trackers = self.trackers, []
         failure: VaeforgeError | None = None
         for tracker in trackers:
             try:
                 with self._reported(tracker):
-                    tracker.finish()
+                    tracking.finish(tracker, failed)
             except VaeforgeError as exc:
                 failure = failure or exc
         self.acc.trackers.clear()

@@ -26,13 +26,17 @@ from ..runs.layout import TB_DIR, TRACKERS_FILE
 
 log = logging.getLogger(__name__)
 
-PROJECT = "vaeforge"  # the trackers' project (MLflow's experiment, W&B's project; MLFLOW_EXPERIMENT_NAME overrides)
 PIP = {"comet_ml": "comet-ml", "mlflow": "mlflow-skinny (or mlflow)"}  # the package of a tracker, when not its name
 # How a tracker's run is named, read back, and continued by a resume: init arguments for a new run (named after the
 # run folder), the id of its run, and the init arguments that continue that run.
 RUNS: dict[str, tuple[Callable[[str], dict], Callable[[Any], str], Callable[[str], dict]]] = {
     "mlflow": (lambda name: {"run_name": name}, lambda t: t.active_run.info.run_id, lambda rid: {"run_id": rid}),
     "wandb": (lambda name: {"name": name}, lambda t: t.run.id, lambda rid: {"id": rid, "resume": "allow"}),
+}
+# How a tracker's run is ended as failed (accelerate's finish() ends every run as a success)
+FAILED: dict[str, Callable[[Any], None]] = {
+    "mlflow": lambda t: __import__("mlflow").end_run(status="FAILED"),
+    "wandb": lambda t: t.run.finish(exit_code=1),
 }
 
 
@@ -54,7 +58,7 @@ class RunEvents(TensorBoardTracker):
     experiment summary that lists none, so the tab showed no metric."""
 
     def __init__(self, folder: Path) -> None:
-        super().__init__(PROJECT, folder)
+        super().__init__(folder.parent.name, folder)
 
     @on_main_process
     def start(self) -> None:
@@ -93,16 +97,17 @@ def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, str | int
     return flat
 
 
-def start(acc: Accelerator, run_dir: Path, config: dict[str, Any]) -> None:
-    """Start the Accelerator's trackers for this run folder: runs it started before are continued, new ones are
-    named after the folder and get ``config`` as their parameters (a continued run keeps the ones it started with;
-    TensorBoard's HParams get each session's). Every rank calls it; Accelerate starts trackers on rank 0 only."""
+def start(acc: Accelerator, run_dir: Path, config: dict[str, Any], project: str) -> None:
+    """Start the Accelerator's trackers for this run folder, in ``project``: runs it started before are continued,
+    new ones are named after the folder and get ``config`` as their parameters (a continued run keeps the ones it
+    started with; TensorBoard's HParams get each session's). Every rank calls it; Accelerate starts trackers on
+    rank 0 only."""
     path = run_dir / TRACKERS_FILE
     saved = json.loads(path.read_text()) if path.is_file() else {}
     names = [t.name if isinstance(t, GeneralTracker) else str(t) for t in acc.log_with]
     kwargs = {name: (resume(saved[name]) if name in saved else new(run_dir.name))
               for name, (new, _, resume) in RUNS.items() if name in names}
-    acc.init_trackers(PROJECT, init_kwargs=kwargs)
+    acc.init_trackers(project, init_kwargs=kwargs)
     if not acc.is_main_process:
         return
     for tracker in acc.trackers:
@@ -112,3 +117,12 @@ def start(acc: Accelerator, run_dir: Path, config: dict[str, Any]) -> None:
     if ids:
         path.write_text(json.dumps({**saved, **ids}, indent=1) + "\n")
     log.debug(f"trackers: {', '.join(names) or 'none'}; continued: {', '.join(n for n in ids if n in saved) or 'none'}")
+
+
+def finish(tracker: GeneralTracker, failed: bool) -> None:
+    """End ``tracker``'s run: as failed when the training failed and the tracker records that (MLflow's status,
+    W&B's exit code), else as accelerate ends it."""
+    if failed and tracker.name in FAILED:
+        FAILED[tracker.name](tracker)
+    else:
+        tracker.finish()

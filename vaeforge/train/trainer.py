@@ -206,8 +206,8 @@ class Trainer:
     def fit(self) -> ckpt.TrainerState:
         """Train; returns the final state. Ends with a checkpoint, so ``resume=true`` always continues."""
         t = self.opts.trainer
-        self.monitor = Monitor(self.acc, self.run_dir, OmegaConf.to_container(self.cfg, resolve=True), t.max_steps,
-                               t.time_budget, t.progress)
+        self.monitor = Monitor(self.acc, self.run_dir, OmegaConf.to_container(self.cfg, resolve=True),
+                               t.tracker_project, t.max_steps, t.time_budget, t.progress)
         warning = dist.precision_warning(self.acc.mixed_precision)
         if warning:
             self.monitor.warn(warning)
@@ -299,7 +299,7 @@ class Trainer:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         if hasattr(self, "monitor"):
             with contextlib.suppress(VaeforgeError):  # events that cannot be written: the run's own error is shown
-                self.monitor.close()
+                self.monitor.close(failed=True)
         self._release()
 
     def _release(self) -> None:
