@@ -180,6 +180,20 @@ def test_a_task_runs_on_an_exported_model(exported, tmp_path):
         TaskContext(model, tmp_path, input="val").inputs()
 
 
+
+def test_vaeforge_run_takes_an_export_as_run_dir(exported, tmp_path):
+    """The task runner opens an export as from_pretrained does (its fitted prior included); options an export
+    cannot honour are refused in one line, and vaeforge.load points at from_pretrained."""
+    out = tmp_path / "sampled"
+    task("task=sample", f"run_dir={exported}", f"output={out}", "n=4", "sampler=prior")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 4 and summary["run_dir"] == str(exported) and (out / "grid.png").is_file()
+    refused = task("task=sample", f"run_dir={exported}", "checkpoint=step_00000010", check=False)
+    assert refused.returncode == 2 and "is an exported model, with one set of weights and no dataset: leave out " \
+        "checkpoint" in refused.stderr, refused.stderr
+    with pytest.raises(CheckpointError, match="it is an exported model, load it with vaeforge.from_pretrained"):
+        vaeforge.load(exported)
+
 # ----- push_to_hub and repo ids, offline -----------------------------------------------------------------------
 def test_push_to_hub_into_a_local_folder_and_load_it_back(exported, lfw64, tmp_path):
     model = vaeforge.from_pretrained(exported)

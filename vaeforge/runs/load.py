@@ -225,7 +225,10 @@ def load(run_dir: str | Path, checkpoint: str | None = None, weights: str = "ema
     run_dir = Path(run_dir)
     config_path, manifest_path = run_dir / CONFIG_FILE, run_dir / MANIFEST_COPY
     if not config_path.is_file() or not manifest_path.is_file():
-        raise CheckpointError(f"{run_dir} is not a vaeforge run folder (no {CONFIG_FILE} / {MANIFEST_COPY})")
+        from .export import is_export  # here: the export module builds on this one
+
+        hint = ": it is an exported model, load it with vaeforge.from_pretrained" if is_export(run_dir) else ""
+        raise CheckpointError(f"{run_dir} is not a vaeforge run folder (no {CONFIG_FILE} / {MANIFEST_COPY}){hint}")
     folder, weights, state = read_checkpoint(run_dir, checkpoint, weights)
     cfg = OmegaConf.create(read_yaml(config_path, "run config"))
     manifest = json.loads(manifest_path.read_text())

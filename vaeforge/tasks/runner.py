@@ -1,5 +1,6 @@
 """``python -m vaeforge.run task=NAME run_dir=DIR [input=...] [output=...] [task options]``: run a task plugin
-on a trained run; writes the task's files and ``summary.json`` into the output folder."""
+on a trained run or an exported model (``vaeforge export``); writes the task's files and ``summary.json`` into the
+output folder."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,9 @@ from ..cli.options import help_text, read_args
 from ..config.fields import at_least, choice
 from ..config.loader import validate_options
 from ..errors import ConfigError, PluginError, did_you_mean
-from ..runs.load import WEIGHTS, load
+from ..runs.export import is_export
+from ..runs.load import WEIGHTS, LoadedVAE, load
+from ..runs.pretrained import from_pretrained
 from ..registry import REGISTRY
 from ..runs.layout import TASKS_DIR
 from .context import TaskContext
@@ -34,11 +37,11 @@ class TaskOptions:
     """The options every task takes; the other ``key=value`` arguments are the task's own."""
 
     task: str = MISSING  # a registered task (`vaeforge plugins`)
-    run_dir: str = MISSING  # a training run folder
+    run_dir: str = MISSING  # a training run folder, or an exported model's folder (vaeforge export)
     input: Any = None  # val, train, an image file, a folder of images or a list of files (tasks that read faces)
     output: Optional[str] = None  # output folder; default: <run_dir>/tasks/<task>
     seed: int = 0  # same seed, same output
-    checkpoint: Optional[str] = None  # a checkpoint folder of the run; default: the newest complete one
+    checkpoint: Optional[str] = None  # a checkpoint folder of the run; default: the newest complete one (an export has one set of weights)
     weights: str = choice("ema", WEIGHTS)  # the EMA of the weights (when the run kept one) or the trained weights
     device: str = "cpu"  # a torch device
     limit: int = at_least(0, 0)  # at most this many input images; 0: all
@@ -63,7 +66,7 @@ def task_options(args: dict[str, Any]) -> tuple[TaskOptions, Any, Any]:
 def run_task(args: dict[str, Any]) -> dict[str, Any]:
     """Run one task from ``key=value`` arguments; returns the summary that was written."""
     opts, plugin, cfg = task_options(args)
-    model = load(opts.run_dir, opts.checkpoint, opts.weights, opts.device, opts.plugins, opts.shards)
+    model = open_model(opts)
     output = Path(opts.output or Path(opts.run_dir) / TASKS_DIR / plugin.name)
     output.mkdir(parents=True, exist_ok=True)
     where = f"task '{plugin.name}' ({plugin.origin})"
@@ -82,6 +85,18 @@ def run_task(args: dict[str, Any]) -> dict[str, Any]:
     }
     (output / SUMMARY).write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def open_model(opts: TaskOptions) -> LoadedVAE:
+    """The model a task runs on: a run folder's (as ``vaeforge.load``) or an export's (``vaeforge.from_pretrained``,
+    which has one set of weights and no dataset, so ``checkpoint`` and ``shards`` are refused)."""
+    if not is_export(Path(opts.run_dir)):
+        return load(opts.run_dir, opts.checkpoint, opts.weights, opts.device, opts.plugins, opts.shards)
+    given = [key for key in ("checkpoint", "shards") if getattr(opts, key) is not None]
+    if given:
+        raise ConfigError(f"{opts.run_dir} is an exported model, with one set of weights and no dataset: leave out "
+                          f"{' and '.join(given)}, or pass the run it was exported from as run_dir")
+    return from_pretrained(opts.run_dir, opts.device, opts.plugins, local_files_only=True)
 
 
 def _split(args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
