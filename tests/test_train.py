@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -181,9 +182,14 @@ def test_time_budget_sets_the_lr_horizon_across_resumes(lfw64, tmp_path):
     def last_state() -> dict:
         return json.loads((sorted((run_dir / CKPT).iterdir())[-1] / "state.json").read_text())
 
-    train(*args, "trainer.time_budget=6")
+    shown = train(*args, "trainer.time_budget=6", "trainer.progress=true", env=env(TQDM_DISABLE="")).stderr
     first = last_state()
     assert 6 <= first["train_seconds"] < 8 and 0 < first["step"] < 100000
+    # the bar counts the budget's seconds (not the 100000 steps) and its ETA is the budget's rest from the start
+    bars = [tuple(map(int, m)) for m in re.findall(r"(\d+)/6 s \[(\d+):(\d+)<(\d+):(\d+)", shown)]
+    assert bars and bars[0][3:] == (0, 6) and bars[-1][0] == 6, shown
+    assert all(n + 60 * m + s == 6 for n, _, _, m, s in bars), shown
+    assert 60 * bars[-1][1] + bars[-1][2] <= 6 * 1.1 + 1, shown  # the wall time it took: the ETA held (+1: display)
     before = logged()
     assert before[0][1] > 0.95e-3 and before[-1][1] < 0.15e-3
     assert all(lr == pytest.approx(cosine_lr(sec, 6), rel=1e-5) for sec, lr in before)

@@ -212,7 +212,6 @@ class Trainer:
         if warning:
             self.monitor.warn(warning)
         self._resume_or_start()
-        self.monitor.progress(self.state.step, self.state.train_seconds, {})
         if t.retain_freed_memory:
             retain_freed_memory()
         self.callbacks.on_train_start(self)
@@ -231,6 +230,7 @@ class Trainer:
     def _loop(self) -> None:
         s, t = self.state, self.opts.trainer
         start, before, bad_in_a_row = time.monotonic(), s.train_seconds, 0
+        self.monitor.start_clock(s.step, s.train_seconds)
         batches = self.batches()
         while True:
             tick = time.monotonic()
