@@ -107,10 +107,11 @@ def test_reconstruct_files_of_any_size_keep_their_names(trained_run, photos, tmp
 
 
 def test_sample_is_seeded(trained_run, tmp_path):
+    """The same seed, the same faces (from N(0, I): fitting the default sampler, seeded too, is test_priors')."""
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     for out, seed in ((a, 1), (b, 1), (c, 2)):
-        task("task=sample", f"run_dir={trained_run}", "n=12", "grid_columns=4", f"seed={seed}", "save_each=true",
-             f"output={out}")
+        task("task=sample", f"run_dir={trained_run}", "sampler=prior", "n=12", "grid_columns=4", f"seed={seed}",
+             "save_each=true", f"output={out}")
     assert len(list(a.glob("sample_*.png"))) == 12
     assert Image.open(a / "grid.png").size == (4 * 66 + 2, 3 * 66 + 2)
     assert (a / "grid.png").read_bytes() == (b / "grid.png").read_bytes() != (c / "grid.png").read_bytes()
