@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from ..config.loader import validate_options
 from ..errors import ConfigError, DataError, unknown_choice
+from ..progress import bar as progress_bar
 from .dataset import Dataset, PrepareConfig, SourceImage, source_digest
 from .download import checksum_mismatch, fetch, file_digest, parse_checksum
 from .folder import FOLDER
@@ -194,7 +195,7 @@ def shard_sizes(count: int, shards: int) -> list[int]:
 def _write(folder: Path, dataset: Dataset, splits: dict[str, list[SourceImage]], labels: Labels,
            config: dict[str, Any], source_info: dict[str, Any]) -> dict[str, Any]:
     """Write every shard and then ``manifest.json`` (last: its presence marks a complete output)."""
-    with tqdm(total=sum(map(len, splits.values())), unit="img", desc=f"prepare {dataset.name}") as bar:
+    with progress_bar(desc=f"prepare {dataset.name}", total=sum(map(len, splits.values())), unit="img") as bar:
         writer = _ShardWriter(folder, dataset, labels, config, bar)
         written = {split: writer.split(split, splits[split]) for split in SPLITS}
     manifest = {
