@@ -1,7 +1,8 @@
 """``vaeforge submit`` on a real one-node SLURM cluster (slurm/local-cluster.sh, loopback only): a 1-node 2-task
 job trains, is preempted (USR2, as SLURM sends before a time limit), checkpoints, requeues itself and resumes to
 the end with the step count continuing; ``--dry-run`` prints the sbatch script and the launch; a 3-point sweep runs
-as one array, each point trained and evaluated in its own run folder, and ``vaeforge leaderboard`` ranks them."""
+as one array, each point trained and evaluated in its own run folder (a preempted point requeued and resumed on
+its own), and ``vaeforge leaderboard`` ranks them."""
 from __future__ import annotations
 
 import json
@@ -22,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "slurm" / "local-cluster.sh"
 SLURM_DIR = Path(os.environ.get("VAEFORGE_SLURM_DIR", "/tmp/vaeforge-slurm"))
 STEPS = 300  # the preempted job's length: long enough (~30 s) that the preemption lands before it ends
+SWEEP_STEPS = 120  # each sweep point's: the first point is preempted after its first checkpoint (every 5 steps)
 
 
 def cluster(action: str) -> subprocess.CompletedProcess:
@@ -135,14 +137,24 @@ def test_two_task_job_trains_is_preempted_requeues_and_resumes(slurm_cluster, lf
 
 def test_three_point_sweep_is_one_array_and_its_leaderboard_has_every_point(slurm_cluster, lfw64, lpips_weights,
                                                                             tmp_path):
+    """... and a point preempted mid-run is requeued and resumed on its own, the others untouched."""
     root = tmp_path / "sweep"
     lrs = ["3e-4", "3e-3", "3e-2"]
-    out = submit(*TINY, f"data.shards={lfw64}", f"run_dir={root}", "trainer.max_steps=10", "trainer.val_every=0",
-                 "trainer.image_every=0", "slurm=local", "slurm.tasks_per_node=1", f"sweep=optim.lr=[{','.join(lrs)}]",
-                 "then=evaluate", "then.weights=model", "then.limit=64", "then.samples=32", "then.samplers=[prior]",
+    out = submit(*TINY, f"data.shards={lfw64}", f"run_dir={root}", f"trainer.max_steps={SWEEP_STEPS}",
+                 "trainer.checkpoint_every=5", "trainer.val_every=0", "trainer.image_every=0", "slurm=local",
+                 "slurm.tasks_per_node=1", f"sweep=optim.lr=[{','.join(lrs)}]", "then=evaluate", "then.weights=model",
+                 "then.limit=64", "then.samples=32", "then.samplers=[prior]",
                  f"then.lpips_weights={lpips_weights / 'lpips_alexnet.safetensors'}", env=slurm_cluster).stdout
     job_id = re.search(r"submitted array job (\d+): 3 runs", out).group(1)
-    wait_until(lambda: not in_queue(job_id, slurm_cluster), 240, "the array to finish", job_id, root)
+    wait_until(lambda: any((root / f"lr={lrs[0]}" / "checkpoints").glob("step_*[0-9]")), 240,
+               "the first point's first checkpoint", job_id, root)
+    run(["scancel", "--signal=USR2", f"{job_id}_0"], env=slurm_cluster)
+    wait_until(lambda: not in_queue(job_id, slurm_cluster), 300, "the array to finish", job_id, root)
+    logs = {i: "".join(p.read_text() for p in sorted((root / LOG_DIR).glob(f"{job_id}_{i}_0_log.*"))) for i in range(3)}
+    stopped = int(re.search(r"stopping at step (\d+) \(signal\)", logs[0]).group(1))
+    assert 5 <= stopped < SWEEP_STEPS and f"Requeued job {job_id}_0" in logs[0], logs[0]
+    assert f"(step {stopped}" in logs[0] and "resumed from" in logs[0], logs[0]
+    assert not any("(signal)" in logs[i] or "Requeued" in logs[i] for i in (1, 2)), logs
 
     index = json.loads((root / "sweep.json").read_text())
     assert [(p["folder"], p["job_id"]) for p in index["points"]] == [(f"lr={lr}", f"{job_id}_{i}")
@@ -153,7 +165,7 @@ def test_three_point_sweep_is_one_array_and_its_leaderboard_has_every_point(slur
     assert "checkerboard_recon" in lines[0] and "| kl |" in lines[0], board
     rows = [dict(zip(lines[0].strip("| ").split(" | "), line.strip("| ").split(" | "))) for line in lines[2:5]]
     assert sorted(float(r["optim.lr"]) for r in rows) == [float(lr) for lr in lrs]
-    assert all(r["steps"] == "10" and r["source"] == "evaluate" and r["images"] == "64" for r in rows), board
+    assert all(r["steps"] == str(SWEEP_STEPS) and r["source"] == "evaluate" and r["images"] == "64" for r in rows), board
     psnr = [float(r["psnr"]) for r in rows]
     assert psnr == sorted(psnr, reverse=True) and len(set(psnr)) == 3  # the learning rates made three models
     assert (root / "leaderboard.html").is_file() and (root / "leaderboard.md").is_file()
