@@ -1,0 +1,102 @@
+"""trainer.channels_last and trainer.compile: what ``auto`` picks, what is refused, and real runs of each that
+train like eager, resume bit-exactly, write plain checkpoints and load in ``vaeforge.load`` without the options."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import vaeforge
+from helpers import TINY, train
+from vaeforge.config.schema import TrainerConfig
+from vaeforge.errors import ConfigError
+from vaeforge.runs.checkpoints import state_digest
+from vaeforge.train import speed as speeds
+
+STEPS, HALF = 10, 5
+# train/loss of a channels-last or compiled run against eager's at every logged step (fp32, the same data and
+# noise): other kernels sum in another order, and the differences grow with the steps.
+LOSS_RTOL = 2e-3
+RECON_ATOL = 1e-3  # pixels in [0, 1] of the loaded model's reconstructions against the eager run's
+
+
+@pytest.mark.parametrize("kind, precision", sorted(speeds.AUTO))
+def test_auto_follows_the_measured_table_and_compiles_only_long_runs(kind, precision):
+    layout, compiled = speeds.AUTO[kind, precision]
+    long = TrainerConfig(channels_last="auto", compile="auto", max_steps=speeds.COMPILE_MIN_STEPS)
+    speed = speeds.resolve(long, precision, None, kind)
+    assert speed.channels_last == layout
+    assert (speed.compile_mode is not None) == (compiled and speeds.has_compiler())
+    for short in (TrainerConfig(compile="auto", max_steps=speeds.COMPILE_MIN_STEPS - 1),
+                  TrainerConfig(compile="auto", max_steps=10**6, time_budget=speeds.COMPILE_MIN_SECONDS - 1)):
+        assert speeds.resolve(short, precision, None, kind).compile_mode is None
+
+
+def test_on_and_off_win_over_the_table_and_yaml_booleans_count_as_on_and_off():
+    for on, off in (("on", "off"), (True, False)):
+        forced = speeds.resolve(TrainerConfig(channels_last=on, compile=on, compile_mode="max-autotune", max_steps=1),
+                                "no", None, "unknown")
+        assert forced == speeds.Speed(True, "max-autotune")
+        assert speeds.resolve(TrainerConfig(channels_last=off, compile=off), "bf16", None, "cpu_bf16") == speeds.Speed()
+
+
+def test_deepspeed_runs_eager_and_refuses_on_in_one_line():
+    assert speeds.resolve(TrainerConfig(channels_last="auto", compile="auto", max_steps=10**6), "no", 2) == speeds.Speed()
+    for key in ("channels_last", "compile"):
+        with pytest.raises(ConfigError, match=f"trainer.{key}=on is not supported under DeepSpeed"):
+            speeds.resolve(TrainerConfig(**{key: "on"}), "no", 2)
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    tb = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    tb.Reload()
+    return {e.step: e.value for e in tb.Scalars("train/loss")}
+
+
+def checkpoint(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step_{step:08d}"
+
+
+def weights(run_dir: Path, step: int) -> dict[str, dict[str, torch.Tensor]]:
+    return {part: load_file(str(checkpoint(run_dir, step) / f"{part}.safetensors")) for part in ("model", "ema")}
+
+
+@pytest.fixture(scope="module")
+def eager_run(lfw64: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """TINY trained STEPS steps eagerly in NCHW, checkpoints every HALF steps: the reference."""
+    run_dir = tmp_path_factory.mktemp("eager") / "run"
+    train(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", f"trainer.max_steps={STEPS}",
+          f"trainer.checkpoint_every={HALF}", "trainer.channels_last=off", "trainer.compile=off")
+    return run_dir
+
+
+@pytest.mark.parametrize("options", [["trainer.channels_last=on", "trainer.compile=off"],
+                                     ["trainer.channels_last=off", "trainer.compile=on"]],
+                         ids=["channels_last", "compiled"])
+def test_a_run_trains_like_eager_resumes_exactly_and_loads_plain(options, eager_run, lfw64, tmp_path):
+    args = [*TINY, f"data.shards={lfw64}", f"trainer.checkpoint_every={HALF}", *options]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(*args, f"run_dir={straight}", f"trainer.max_steps={STEPS}")
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(checkpoint(resumed, STEPS))
+    train(*args, f"run_dir={resumed}", f"trainer.max_steps={STEPS}", "resume=true")
+
+    reference, got = losses(eager_run), losses(straight)
+    assert got.keys() == reference.keys()
+    for step, value in got.items():
+        assert value == pytest.approx(reference[step], rel=LOSS_RTOL), (step, value, reference[step])
+    expected = weights(eager_run, STEPS)
+    trained = weights(straight, STEPS)
+    for part in expected:  # plain names and shapes (no `_orig_mod.`), contiguous NCHW tensors in the files
+        assert {k: v.shape for k, v in trained[part].items()} == {k: v.shape for k, v in expected[part].items()}
+    again = weights(resumed, STEPS)
+    assert {p: state_digest(w) for p, w in again.items()} == {p: state_digest(w) for p, w in trained.items()}
+
+    model = vaeforge.load(straight)  # built from the config alone: eager, NCHW
+    assert all(p.is_contiguous() for p in model.vae.parameters())
+    x = torch.stack([s.image for s in model.samples("val", 8)])
+    torch.testing.assert_close(model.reconstruct(x), vaeforge.load(eager_run).reconstruct(x), rtol=0, atol=RECON_ATOL)

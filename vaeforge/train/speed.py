@@ -1,0 +1,122 @@
+"""How a run's modules compute: the channels-last memory format and ``torch.compile`` (``trainer.channels_last``,
+``trainer.compile``), resolved for the device, the precision and the run's length, and applied to the model's
+backbone, every loss term and every owned module.
+
+Both leave the weights' names alone: channels-last only changes how a 4-D tensor is laid out in memory (the
+checkpoint writer stores contiguous copies), and ``nn.Module.compile()`` compiles a module's forward in place
+(no ``_orig_mod.`` wrapper). So checkpoints, the EMA, resume and ``vaeforge.load`` see the plain model.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config.fields import switch_value
+from ..config.schema import TrainerConfig
+from ..errors import ConfigError
+from .builders import Owned, TrainModule
+from .distributed import native_bf16
+
+# What `auto` picks for lfw_unet, by device kind and precision: (channels_last, compile), as measured by
+# benchmarks/utilisation.py (docs/benchmarks.md, "Utilisation"). A pair not listed gets neither.
+AUTO: dict[tuple[str, str], tuple[bool, bool]] = {
+    ("cpu", "no"): (True, True),  # AVX2-only CPU, fp32
+    ("cpu_bf16", "bf16"): (True, True),  # AVX-512 BF16 / AMX CPU, bf16 autocast
+    ("cpu_bf16", "no"): (True, True),  # the same CPU in fp32
+    ("cuda", "bf16"): (True, True),  # not measured here (no GPU): PyTorch's guidance for convolutions under AMP
+    ("cuda", "fp16"): (True, True),
+    ("cuda", "no"): (False, True),
+}
+# `auto` compiles only a run planned for at least this many optimizer steps (and, with a time limit, this many
+# seconds): compiling lfw_unet takes ~80 s with an empty cache on a 2-core CPU, more than a short run gains.
+COMPILE_MIN_STEPS = 2000
+COMPILE_MIN_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class Speed:
+    """What a run computes with: channels-last tensors, and ``torch.compile`` in ``mode`` (None: eager)."""
+
+    channels_last: bool = False
+    compile_mode: str | None = None
+
+    def describe(self) -> dict[str, object]:
+        """For ``run.json``."""
+        return {"channels_last": self.channels_last, "compile": self.compile_mode or "off"}
+
+
+def device_kind() -> str:
+    """``cuda``; ``cpu_bf16``, a CPU with native bf16 kernels (AVX-512 BF16, AMX, Arm bf16); or ``cpu``."""
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu_bf16" if native_bf16() else "cpu"
+
+
+def has_compiler() -> bool:
+    """Whether inductor can build its CPU kernels here (it calls a C++ compiler); a GPU needs none."""
+    return torch.cuda.is_available() or any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "clang++")
+                                            if c)
+
+
+def planned_long(t: TrainerConfig) -> bool:
+    """Whether the run is long enough for ``auto`` to compile (see COMPILE_MIN_STEPS)."""
+    limits = [s for s in (t.max_time, t.time_budget) if s is not None]
+    return t.max_steps >= COMPILE_MIN_STEPS and all(s >= COMPILE_MIN_SECONDS for s in limits)
+
+
+def resolve(t: TrainerConfig, precision: str, zero_stage: int | None, kind: str | None = None) -> Speed:
+    """The run's :class:`Speed` from ``trainer.channels_last`` / ``trainer.compile`` (``precision``: the
+    resolved one; ``zero_stage``: None without DeepSpeed); ``on`` where it cannot work is refused in one line."""
+    layout, compiled = switch_value(t.channels_last), switch_value(t.compile)
+    if zero_stage is not None:
+        for key, value in (("channels_last", layout), ("compile", compiled)):
+            if value == "on":
+                raise ConfigError(f"trainer.{key}=on is not supported under DeepSpeed (its ZeRO partitions replace "
+                                  "the module's weights with flat buffers): use DDP (recipes/accelerate/ddp.yaml) "
+                                  f"or trainer.{key}=auto")
+        return Speed()
+    if compiled == "on" and not has_compiler():
+        raise ConfigError("trainer.compile=on needs a C++ compiler on CPU (torch.compile builds its kernels with "
+                          "one): install g++ or pass trainer.compile=off")
+    auto_layout, auto_compile = AUTO.get((kind or device_kind(), precision), (False, False))
+    channels_last = layout == "on" or (layout == "auto" and auto_layout)
+    compile_ = compiled == "on" or (compiled == "auto" and auto_compile and planned_long(t) and has_compiler())
+    return Speed(channels_last, t.compile_mode if compile_ else None)
+
+
+def prepare_layout(module: TrainModule, owned: list[Owned], speed: Speed) -> None:
+    """Channels-last weights for the model, its loss terms and owned modules (before the EMA copies the model,
+    so that the copy is laid out alike)."""
+    if speed.channels_last:
+        for m in (module, *(o.module for o in owned)):
+            m.to(memory_format=torch.channels_last)
+
+
+def compile_modules(module: TrainModule, owned: list[Owned], speed: Speed) -> None:
+    """Compile, in place, the backbone's encoder and decoder, every loss term and every owned module. After the
+    EMA copy: a copy of a compiled module would call the original's compiled forward."""
+    if speed.compile_mode is None:
+        return
+    parts: list[nn.Module] = [module.vae.encoder, module.vae.decoder, *module.losses.terms.values(),
+                              *(o.module for o in owned)]
+    for part in parts:
+        part.compile(mode=speed.compile_mode)
+
+
+def laid_out(x: torch.Tensor, speed: Speed) -> torch.Tensor:
+    """Image batch ``x`` in the run's memory format."""
+    return x.contiguous(memory_format=torch.channels_last) if speed.channels_last and x.dim() == 4 else x
+
+
+@contextlib.contextmanager
+def eager() -> Iterator[None]:
+    """Compiled modules run eagerly inside (validation, grids): other batch sizes, eval mode and no gradients
+    would each compile them again, for a pass every few hundred steps."""
+    with torch.compiler.set_stance("force_eager"):
+        yield
