@@ -110,26 +110,29 @@ def engine(args: argparse.Namespace, batch: int, workers: int) -> dict[str, floa
 
 class BareBlocks(Callback):
     """After every ``--block`` engine steps: the engine block's images/s, then a bare block on preloaded batches,
-    timed on its own (both appended to ``rates``)."""
+    timed on its own (both appended to ``rates``; ``*_busy``: on the process's CPU time x threads, which other
+    work on a shared machine distorts far less)."""
 
     def __init__(self, args: argparse.Namespace, batch: int, total: int, bare: BareStep,
                  batches: list[torch.Tensor], rates: dict[str, list[float]]) -> None:
         self.args, self.batch, self.total, self.bare, self.batches, self.rates = args, batch, total, bare, batches, rates
-        self.since = 0.0
+        self.since = self.since_cpu = 0.0
 
     def on_step_end(self, trainer, result) -> None:
         done, a = trainer.state.step, self.args
         if done < a.warmup or (done - a.warmup) % a.block:
             return
-        now = time.perf_counter()
+        now, now_cpu, images = time.perf_counter(), time.process_time(), a.block * self.batch
         if done > a.warmup:
-            self.rates["engine"].append(a.block * self.batch / (now - self.since))
+            self.rates["engine"].append(images / (now - self.since))
+            self.rates["engine_busy"].append(images * a.threads / (now_cpu - self.since_cpu))
         if done == self.total:
             return
-        for i, images in enumerate(self.batches):
-            self.bare.step(images, i)
-        self.rates["bare"].append(a.block * self.batch / (time.perf_counter() - now))
-        self.since = time.perf_counter()
+        for i, x in enumerate(self.batches):
+            self.bare.step(x, i)
+        self.rates["bare"].append(images / (time.perf_counter() - now))
+        self.rates["bare_busy"].append(images * a.threads / (time.process_time() - now_cpu))
+        self.since, self.since_cpu = time.perf_counter(), time.process_time()
 
 
 def interleaved(args: argparse.Namespace) -> dict[str, list[float]]:
@@ -149,7 +152,7 @@ def interleaved(args: argparse.Namespace) -> dict[str, list[float]]:
         bare = BareStep(cfg, int(read_manifest(args.data)["image_size"]))
         for i in range(args.warmup):
             bare.step(batches[i % args.block], i)
-        rates: dict[str, list[float]] = {"engine": [], "bare": []}
+        rates: dict[str, list[float]] = {"engine": [], "bare": [], "engine_busy": [], "bare_busy": []}
         trainer = Trainer(cfg, callbacks=[BareBlocks(args, batch, total, bare, batches, rates)])
         try:
             trainer.fit()
@@ -208,6 +211,8 @@ def main() -> None:
     print("|---|---|---|")
     print(f"| bare PyTorch | {listed(blocks['bare'], 1)} | 1 |")
     print(f"| vaeforge.train | {listed(blocks['engine'], 1)} | {listed(ratio, 3, bold=True)} |")
+    busy = [e / b for e, b in zip(blocks["engine_busy"], blocks["bare_busy"])]
+    print(f"On CPU time (images per CPU-second x threads): engine / bare {listed(busy, 3, bold=True)}")
 
 if __name__ == "__main__":
     main()

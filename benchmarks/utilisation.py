@@ -7,8 +7,10 @@ In one process: the matmul peak (2048^3, best of several, fp32 and, where the CP
 FLOPs of one training image (torch.utils.flop_counter over the eager step: forward and backward of the model and
 the loss terms), then the bare step (benchmarks/bare_step.py) in four variants, alternating blocks of
 ``--block`` steps (drift cancels within a round): images/s, the ratio to eager (median of the rounds' ratios)
-and MFU (FLOPs per image x images/s / the matmul peak in the training precision). Compile start-up is timed in
-two child processes sharing a fresh inductor cache (cold, then warm): the first step of the recipe's compiled
+and MFU (FLOPs per image x images/s / the matmul peak in the training precision), each on the wall clock and on
+the process's CPU time ("busy": images per CPU-second x threads, what the step does while it runs, which other
+work on a shared machine distorts far less; with one thread it is exact). Compile start-up is timed in two
+child processes sharing a fresh inductor cache (cold, then warm): the first step of the recipe's compiled
 variant minus a normal step. Last, overhead.py's one-process design (engine vs bare blocks) with the options the
 recipe resolves to here set on both sides. ``--set`` overrides apply to everything (e.g. fp32 on a bf16 CPU).
 """
@@ -69,16 +71,18 @@ def flops_per_image(args: argparse.Namespace, size: int) -> float:
 
 
 def startup(args: argparse.Namespace, size: int, name: str) -> dict[str, float]:
-    """Seconds of variant ``name``'s first step and the median of the next five (run in a child process)."""
+    """Wall and CPU seconds of variant ``name``'s first step beyond the median of the next five (a child
+    process)."""
     cfg = variant_config(args, name)
     bare = BareStep(cfg, size)
     x = torch.rand(cfg.data.batch_size, 3, size, size)
-    times = []
+    wall, cpu = [], []
     for i in range(6):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         bare.step(x, i)
-        times.append(time.perf_counter() - start)
-    return {"first": times[0], "step": statistics.median(times[1:])}
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return {"wall": wall[0] - statistics.median(wall[1:]), "cpu": cpu[0] - statistics.median(cpu[1:])}
 
 
 def child_startup(args: argparse.Namespace, name: str, cache: str) -> dict[str, float]:
@@ -89,8 +93,9 @@ def child_startup(args: argparse.Namespace, name: str, cache: str) -> dict[str, 
     return json.loads(out.splitlines()[-1])
 
 
-def interleaved(args: argparse.Namespace, size: int) -> dict[str, list[float]]:
-    """Images/s of each variant per block, the variants taking turns block by block."""
+def interleaved(args: argparse.Namespace, size: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Images/s of each variant per block on the wall clock and busy (CPU time / threads), the variants taking
+    turns block by block."""
     steps, batch = {}, 0
     for name in VARIANTS:
         cfg = variant_config(args, name)
@@ -100,18 +105,21 @@ def interleaved(args: argparse.Namespace, size: int) -> dict[str, list[float]]:
     for bare in steps.values():  # warm-up: compiles, fills the allocator's caches
         for i in range(3):
             bare.step(batches[i % args.block], i)
-    rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    wall: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    busy: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for _ in range(args.blocks):
         for name, bare in steps.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             for i, x in enumerate(batches):
                 bare.step(x, 3 + i)
-            rates[name].append(args.block * batch / (time.perf_counter() - start))
-    return rates
+            wall[name].append(args.block * batch / (time.perf_counter() - start))
+            busy[name].append(args.block * batch * args.threads / (time.process_time() - start_cpu))
+    return wall, busy
 
 
-def engine_ratio(args: argparse.Namespace, layout: str, compiled: str) -> list[float]:
-    """overhead.py's one-process design with the given options on both sides: engine / bare per block pair."""
+def engine_ratio(args: argparse.Namespace, layout: str, compiled: str) -> dict[str, list[float]]:
+    """overhead.py's one-process design with the given options on both sides: engine / bare per block pair, on
+    the wall clock and busy."""
     here = os.path.dirname(os.path.abspath(__file__))
     cmd = [sys.executable, os.path.join(here, "overhead.py"), "--interleaved", "--data", str(args.data), "--recipe",
            args.recipe, "--threads", str(args.threads), "--blocks", str(args.overhead_blocks), "--block", "10",
@@ -119,7 +127,8 @@ def engine_ratio(args: argparse.Namespace, layout: str, compiled: str) -> list[f
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"}
     blocks = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
                         .splitlines()[-1])
-    return [e / b for e, b in zip(blocks["engine"], blocks["bare"])]
+    return {clock: [e / b for e, b in zip(blocks[f"engine{suffix}"], blocks[f"bare{suffix}"])]
+            for clock, suffix in (("wall", ""), ("busy", "_busy"))}
 
 
 def main() -> None:
@@ -151,7 +160,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         cold = child_startup(args, compiled_name, cache)
         warm = child_startup(args, compiled_name, cache)
-    rates = interleaved(args, size)
+    wall, busy = interleaved(args, size)
     peaks_after = {"fp32": matmul_peak(torch.float32)}
 
     print(f"recipe {args.recipe}, batch {cfg.data.batch_size}, {args.threads} threads, precision {precision}, "
@@ -159,21 +168,27 @@ def main() -> None:
     print(f"matmul peak {PEAK_SIZE}^3: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items())
           + f" (fp32 again after the blocks: {peaks_after['fp32']:.1f})")
     print(f"training FLOPs per image (forward + backward): {flops / 1e9:.3f} GFLOP")
-    print(f"compile start-up of '{compiled_name}' (first step minus a step): cold cache "
-          f"{cold['first'] - cold['step']:.1f} s, warm cache {warm['first'] - warm['step']:.1f} s")
+    print(f"compile start-up of '{compiled_name}' (first step beyond a normal one; wall / CPU seconds): cold "
+          f"cache {cold['wall']:.1f} / {cold['cpu']:.1f} s, warm cache {warm['wall']:.1f} / {warm['cpu']:.1f} s")
     print(f"the recipe's defaults resolve to: {chosen}\n")
-    print(f"| variant | images/s (median; each block) | ratio to eager (median) | MFU vs {precision} peak |")
-    print("|---|---|---|---|")
-    for name, series in rates.items():
-        ratio = statistics.median(r / e for r, e in zip(series, rates["eager"]))
-        mfu = flops * statistics.median(series) / (peak * 1e9)
+    print(f"| variant | images/s, wall (median; each block) | ratio to eager | MFU vs {precision} peak "
+          "| busy images/s (median) | ratio to eager | busy MFU |")
+    print("|---|---|---|---|---|---|---|")
+    for name in VARIANTS:
+        cells = []
+        for series in (wall, busy):
+            ratio = statistics.median(r / e for r, e in zip(series[name], series["eager"]))
+            mfu = flops * statistics.median(series[name]) / (peak * 1e9)
+            shown = listed(series[name], 1) if series is wall else f"{statistics.median(series[name]):.1f}"
+            cells += [shown, f"**{ratio:.3f}**", f"{mfu:.1%}"]
         mark = " (recipe default)" if name == chosen else ""
-        print(f"| {name}{mark} | {listed(series, 1)} | **{ratio:.3f}** | {mfu:.1%} |")
+        print(f"| {name}{mark} | " + " | ".join(cells) + " |")
     if args.overhead_blocks:
         layout, compiled = VARIANTS[chosen]
         ratios = engine_ratio(args, layout, compiled)
         print(f"\nengine / bare, one process, {args.overhead_blocks} pairs of 10-step blocks, channels_last={layout} "
-              f"compile={compiled} on both sides: {listed(ratios, 3, bold=True)}")
+              f"compile={compiled} on both sides: wall {listed(ratios['wall'], 3, bold=True)}; busy "
+              f"{listed(ratios['busy'], 3, bold=True)}")
 
 
 if __name__ == "__main__":

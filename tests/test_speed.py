@@ -2,6 +2,7 @@
 train like eager, resume bit-exactly, write plain checkpoints and load in ``vaeforge.load`` without the options."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -44,11 +45,14 @@ def test_on_and_off_win_over_the_table_and_yaml_booleans_count_as_on_and_off():
         assert speeds.resolve(TrainerConfig(channels_last=off, compile=off), "bf16", None, "cpu_bf16") == speeds.Speed()
 
 
-def test_deepspeed_runs_eager_and_refuses_on_in_one_line():
-    assert speeds.resolve(TrainerConfig(channels_last="auto", compile="auto", max_steps=10**6), "no", 2) == speeds.Speed()
-    for key in ("channels_last", "compile"):
+def test_deepspeed_keeps_nchw_compiles_up_to_zero2_and_refuses_the_rest_in_one_line():
+    auto = TrainerConfig(channels_last="auto", compile="auto", max_steps=10**6)
+    assert not speeds.resolve(auto, "no", 2, "cpu").channels_last
+    assert speeds.resolve(auto, "no", 3, "cpu").compile_mode is None
+    assert speeds.resolve(TrainerConfig(compile="on"), "no", 2).compile_mode == "default"
+    for key, stage in (("channels_last", 2), ("compile", 3)):
         with pytest.raises(ConfigError, match=f"trainer.{key}=on is not supported under DeepSpeed"):
-            speeds.resolve(TrainerConfig(**{key: "on"}), "no", 2)
+            speeds.resolve(TrainerConfig(**{key: "on"}), "no", stage)
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -100,3 +104,22 @@ def test_a_run_trains_like_eager_resumes_exactly_and_loads_plain(options, eager_
     assert all(p.is_contiguous() for p in model.vae.parameters())
     x = torch.stack([s.image for s in model.samples("val", 8)])
     torch.testing.assert_close(model.reconstruct(x), vaeforge.load(eager_run).reconstruct(x), rtol=0, atol=RECON_ATOL)
+
+
+def test_a_compiled_run_under_deepspeed_zero2_resumes_exactly(lfw64, tmp_path):
+    """ZeRO-2 keeps whole weights on every rank: the compiled modules train under it and resume to the
+    uninterrupted run's weights (2 processes)."""
+    from test_distributed import accelerate
+
+    args = [*TINY, f"data.shards={lfw64}", "trainer.compile=on", "trainer.checkpoint_every=2",
+            "trainer.audit_samples=true", "trainer.val_every=0", "trainer.image_every=0"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    accelerate("zero2", *args, f"run_dir={straight}", "trainer.max_steps=4")
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(checkpoint(resumed, 4))
+    shutil.rmtree(resumed / "audit")  # written again by the resumed run
+    accelerate("zero2", *args, f"run_dir={resumed}", "trainer.max_steps=4", "resume=true")
+    info = json.loads((straight / "run.json").read_text())
+    assert info["deepspeed"]["zero_stage"] == 2 and info["compile"] == "default" and not info["channels_last"]
+    assert {(run / "audit" / f"params_rank{r}.txt").read_text() for run in (straight, resumed) for r in range(2)} \
+        == {(straight / "audit" / "params_rank0.txt").read_text()}

@@ -23,13 +23,13 @@ from ..errors import ConfigError
 from .builders import Owned, TrainModule
 from .distributed import native_bf16
 
-# What `auto` picks for lfw_unet, by device kind and precision: (channels_last, compile), as measured by
-# benchmarks/utilisation.py (docs/benchmarks.md, "Utilisation"). A pair not listed gets neither.
+# What `auto` picks for lfw_unet, by device kind and precision: (channels_last, compile), from the interleaved
+# measurements in docs/benchmarks.md ("Utilisation"). A pair not listed gets neither.
 AUTO: dict[tuple[str, str], tuple[bool, bool]] = {
-    ("cpu", "no"): (True, True),  # AVX2-only CPU, fp32
-    ("cpu_bf16", "bf16"): (True, True),  # AVX-512 BF16 / AMX CPU, bf16 autocast
-    ("cpu_bf16", "no"): (True, True),  # the same CPU in fp32
-    ("cuda", "bf16"): (True, True),  # not measured here (no GPU): PyTorch's guidance for convolutions under AMP
+    ("cpu", "no"): (True, True),  # AVX2-only CPU, fp32: 1.13x and 1.08x on the AVX2 EPYC (issue 23)
+    ("cpu_bf16", "bf16"): (True, True),  # AVX-512 BF16 / AMX Xeon, bf16 autocast: 1.11x together
+    ("cpu_bf16", "no"): (False, False),  # the same Xeon in fp32: neither gained (oneDNN is as fast in NCHW)
+    ("cuda", "bf16"): (True, True),  # not measured (no GPU): tensor-core convolutions are NHWC
     ("cuda", "fp16"): (True, True),
     ("cuda", "no"): (False, True),
 }
@@ -74,19 +74,21 @@ def resolve(t: TrainerConfig, precision: str, zero_stage: int | None, kind: str 
     """The run's :class:`Speed` from ``trainer.channels_last`` / ``trainer.compile`` (``precision``: the
     resolved one; ``zero_stage``: None without DeepSpeed); ``on`` where it cannot work is refused in one line."""
     layout, compiled = switch_value(t.channels_last), switch_value(t.compile)
-    if zero_stage is not None:
-        for key, value in (("channels_last", layout), ("compile", compiled)):
-            if value == "on":
-                raise ConfigError(f"trainer.{key}=on is not supported under DeepSpeed (its ZeRO partitions replace "
-                                  "the module's weights with flat buffers): use DDP (recipes/accelerate/ddp.yaml) "
-                                  f"or trainer.{key}=auto")
-        return Speed()
+    if zero_stage is not None and layout == "on":
+        raise ConfigError("trainer.channels_last=on is not supported under DeepSpeed (its engine broadcasts and "
+                          "flattens the weights as contiguous buffers): use DDP (recipes/accelerate/ddp.yaml) or "
+                          "trainer.channels_last=auto")
+    if zero_stage == 3 and compiled == "on":
+        raise ConfigError("trainer.compile=on is not supported under DeepSpeed ZeRO-3 (it gathers each layer's "
+                          "weights in hooks around its forward): use ZeRO-2 (recipes/accelerate/zero2.yaml), DDP or "
+                          "trainer.compile=auto")
     if compiled == "on" and not has_compiler():
         raise ConfigError("trainer.compile=on needs a C++ compiler on CPU (torch.compile builds its kernels with "
                           "one): install g++ or pass trainer.compile=off")
     auto_layout, auto_compile = AUTO.get((kind or device_kind(), precision), (False, False))
-    channels_last = layout == "on" or (layout == "auto" and auto_layout)
-    compile_ = compiled == "on" or (compiled == "auto" and auto_compile and planned_long(t) and has_compiler())
+    channels_last = layout == "on" or (layout == "auto" and auto_layout and zero_stage is None)
+    compile_ = compiled == "on" or (compiled == "auto" and auto_compile and zero_stage != 3 and planned_long(t)
+                                    and has_compiler())
     return Speed(channels_last, t.compile_mode if compile_ else None)
 
 
@@ -99,12 +101,19 @@ def prepare_layout(module: TrainModule, owned: list[Owned], speed: Speed) -> Non
 
 
 def compile_modules(module: TrainModule, owned: list[Owned], speed: Speed) -> None:
-    """Compile, in place, the backbone's encoder and decoder, every loss term and every owned module. After the
-    EMA copy: a copy of a compiled module would call the original's compiled forward."""
+    """Compile, in place, the VAE's forward (backbone, posterior, sampling: one graph, which measured faster than
+    compiling the encoder and decoder apart), every loss term and every owned module. After the EMA copy: a copy
+    of a compiled module would call the original's compiled forward."""
     if speed.compile_mode is None:
         return
-    parts: list[nn.Module] = [module.vae.encoder, module.vae.decoder, *module.losses.terms.values(),
-                              *(o.module for o in owned)]
+    if module.losses.balanced:
+        # a balanced term differentiates the model's graph before the step's backward (retain_graph=True), which a
+        # compiled backward that reuses ("donates") its saved buffers refuses
+        torch._functorch.config.donated_buffer = False
+    # the sampling noise from PyTorch's generator, as in eager (inductor's own RNG draws other numbers): a compiled
+    # run sees the same noise as an eager one from the same seed
+    torch._inductor.config.fallback_random = True
+    parts: list[nn.Module] = [module.vae, *module.losses.terms.values(), *(o.module for o in owned)]
     for part in parts:
         part.compile(mode=speed.compile_mode)
 
