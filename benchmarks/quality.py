@@ -13,7 +13,9 @@ Then, on every val image: PSNR, SSIM and LPIPS-AlexNet of the posterior-mean rec
 8 bits), and the Frechet distance between mean-pooled AlexNet conv5 features (the LPIPS trunk at the images'
 own resolution, as the evaluate task's ``fd_alexnet``) of ``--samples`` prior samples (8-bit) and of the val
 images; and the same distance for samples of a 10-component Gaussian mixture fitted on the posterior means of the
-training images (ex-post density estimation, as ``sample sampler=gmm``). Data loading and evaluation are outside
+training images (ex-post density estimation, as ``sample sampler=gmm``); and the checkerboard power
+(``vaeforge.metrics.checkerboard_power``) of the reconstructions and of both kinds of samples, as ratios to that
+of the val images (``cb_recon``, ``cb_prior``, ``cb_gmm``: 1 is as much as photos have). Data loading and evaluation are outside
 the budget; vaeforge's in-run validation is inside it.
 
     python benchmarks/quality.py --shards data/lfw64 --budget-seconds 600 --threads 2 \\
@@ -41,7 +43,7 @@ from vaeforge.config import available_recipes
 from vaeforge.data.stream import eval_batches
 from vaeforge.data.manifest import read_manifest, shard_paths
 from vaeforge.models.prior import fit_prior
-from vaeforge.metrics import frechet_distance, psnr, ssim
+from vaeforge.metrics import checkerboard_power, frechet_distance, psnr, ssim
 from vaeforge.models.lpips import LPIPS
 from vaeforge.runs import checkpoints as ckpt
 
@@ -51,7 +53,8 @@ BATCH = 64
 LR = 1e-3
 EVAL_BATCH = 128
 GMM_COMPONENTS = 10
-COLUMNS = ("model", "params_M", "images_per_s", "steps", "psnr", "ssim", "lpips_alex", "fd_conv5", "fd_conv5_gmm")
+COLUMNS = ("model", "params_M", "images_per_s", "steps", "psnr", "ssim", "lpips_alex", "fd_conv5", "fd_conv5_gmm",
+           "cb_recon", "cb_prior", "cb_gmm")
 
 
 @dataclass
@@ -65,6 +68,9 @@ class Result:
     lpips_alex: float
     fd_conv5: float
     fd_conv5_gmm: float
+    cb_recon: float
+    cb_prior: float
+    cb_gmm: float
 
 
 @dataclass
@@ -249,22 +255,27 @@ def conv5(lpips: LPIPS, x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(model: Trained, val: torch.Tensor, train: torch.Tensor, lpips: LPIPS, samples: int
              ) -> dict[str, float]:
-    """Reconstruction metrics on every val image; Frechet distances of prior and mixture samples to val."""
+    """Reconstruction metrics on every val image; Frechet distances of prior and mixture samples to val; the
+    checkerboard ratios of reconstructions and samples."""
     x = to_unit(val)
     recon = torch.cat([to_8bit(model.decode(model.encode_mean(chunk))) for chunk in x.split(EVAL_BATCH)])
     distance = torch.cat([lpips(a, b) for a, b in zip(recon.split(EVAL_BATCH), x.split(EVAL_BATCH))])
     real = conv5(lpips, x)
 
-    def sample_distance(z: torch.Tensor) -> float:
-        return frechet_distance(conv5(lpips, torch.cat([to_8bit(model.decode(c)) for c in z.split(EVAL_BATCH)])),
-                                real)
+    def checkerboard(images: torch.Tensor) -> float:
+        return checkerboard_power(images) / checkerboard_power(x)
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        return torch.cat([to_8bit(model.decode(c)) for c in z.split(EVAL_BATCH)])
 
     mu = torch.cat([model.encode_mean(to_unit(chunk)) for chunk in train.split(EVAL_BATCH)])
-    prior = torch.randn(samples, mu.shape[1], generator=torch.Generator().manual_seed(0))  # the model's latent size
+    prior = decode(torch.randn(samples, mu.shape[1], generator=torch.Generator().manual_seed(0)))  # its latent size
     mixture = fit_prior("gmm", {"components": GMM_COMPONENTS, "covariance": "full"}, mu, progress=False)
+    mixed = decode(mixture.sample(samples, torch.Generator().manual_seed(0)))
     return {"psnr": float(psnr(recon, x).mean()), "ssim": float(ssim(recon, x).mean()),
-            "lpips_alex": float(distance.mean()), "fd_conv5": sample_distance(prior),
-            "fd_conv5_gmm": sample_distance(mixture.sample(samples, torch.Generator().manual_seed(0)))}
+            "lpips_alex": float(distance.mean()), "fd_conv5": frechet_distance(conv5(lpips, prior), real),
+            "fd_conv5_gmm": frechet_distance(conv5(lpips, mixed), real), "cb_recon": checkerboard(recon),
+            "cb_prior": checkerboard(prior), "cb_gmm": checkerboard(mixed)}
 
 
 def run_one(name: str, args: argparse.Namespace) -> Result:

@@ -105,7 +105,8 @@ def memory(data: Path, steps: int, hidden: str, tmp: Path) -> None:
     for config in ("ddp", "zero2", "zero3"):
         out = tmp / f"memory-{config}"
         out.mkdir()
-        launch(config, 1, out, ["recipe=lfw_mlp", f"model.backbone.args.hidden=[{hidden}]", "trainer.ema_decay=0",
+        launch(config, 1, out, ["recipe=lfw_mlp", "trainer.mixed_precision=no",  # the fp32 sizes printed above
+                                f"model.backbone.args.hidden=[{hidden}]", "trainer.ema_decay=0",
                                 f"data.shards={data}", f"run_dir={out / 'run'}", f"trainer.max_steps={steps}",
                                 "data.batch_size=16", *COMMON])
         ranks = peaks(out)

@@ -4,5 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export TQDM_DISABLE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-exec .venv/bin/python -m pytest -q --durations=15 "$@"
+# two workers by default: most tests wait on one single-threaded training process (docs/testing.md); each
+# worker's in-process computations then get one thread, a single process gets both
+WORKERS=${VAEFORGE_TEST_WORKERS:-2}
+THREADS=$([ "$WORKERS" = 0 ] && echo 2 || echo 1)
+export TQDM_DISABLE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-$THREADS}
+exec .venv/bin/python -m pytest -q --durations=15 -n "$WORKERS" --dist loadfile "$@"

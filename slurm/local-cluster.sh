@@ -13,6 +13,8 @@ HOST=$(hostname -s)
 export SLURM_CONF=$CONF
 
 die() { echo "local-cluster: $*" >&2; exit 1; }
+# the CPUs this machine has: GNU nproc also obeys OMP_NUM_THREADS, which test workers set to 1
+machine_cpus() { env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc; }
 
 install_packages() {
   local missing=0
@@ -42,7 +44,7 @@ start_munge() {
 
 write_conf() {
   local cpus mem
-  cpus=$(nproc)
+  cpus=$(machine_cpus)
   mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 2 ))
   mkdir -p "$DIR/state" "$DIR/spool"
   cat > "$CONF" <<EOF
@@ -92,7 +94,7 @@ up() {
   alive "$DIR/slurmd.pid" || /usr/sbin/slurmd -f "$CONF"
   for _ in $(seq 150); do
     state=$(sinfo -h -o %T 2>/dev/null || true)
-    case "$state" in idle*|mixed*|allocated*) echo "local cluster up ($HOST, $(nproc) CPUs); export SLURM_CONF=$CONF"; return;; esac
+    case "$state" in idle*|mixed*|allocated*) echo "local cluster up ($HOST, $(machine_cpus) CPUs); export SLURM_CONF=$CONF"; return;; esac
     sleep 0.2
   done
   die "the node did not become idle (see $DIR/slurmctld.log and $DIR/slurmd.log)"

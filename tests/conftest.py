@@ -6,6 +6,7 @@ import http.server
 import io
 import os
 import shutil
+import subprocess
 import tarfile
 import threading
 import urllib.parse
@@ -21,6 +22,8 @@ from vaeforge.models.lpips import ENV_WEIGHTS
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEVTRAIN_TGZ = "lfw-deepfunneled-devtrain.tgz"
 SMALL_IMAGES = 40  # the first images of the real archive, for fast small-archive tests
+
+pytest_plugins = ["fault_tally"]
 
 
 @pytest.fixture(scope="session")
@@ -218,3 +221,16 @@ def http_server() -> Iterator[Callable[..., LocalServer]]:
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium, installed by the test setup when it is missing (root, package registry only)."""
+    found = shutil.which("chromium")
+    if found:
+        return found
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+    if subprocess.run(install, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update"], check=True, capture_output=True)
+        subprocess.run(install, check=True, capture_output=True)
+    return shutil.which("chromium") or pytest.fail("chromium did not install")

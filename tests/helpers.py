@@ -23,6 +23,8 @@ TINY_RUN = [
 ]
 TINY = [*TINY_RUN, "model.backbone.args.widths=[8,16,32]"]
 TRAINED_STEPS = 10  # conftest's trained_run: TINY trained this many steps, its one checkpoint at the last
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -73,3 +75,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float, proc: subprocess.Pop
 def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     os.killpg(proc.pid, sig)
     proc.wait(timeout=60)
+
+
+def dump_dom(chromium: str, page: Path, profile: Path) -> str:
+    """The page's DOM as headless Chromium built it."""
+    return run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+               timeout=120).stdout

@@ -91,6 +91,9 @@ def train_process(args: list[str]) -> tuple[int, str]:
     ("trainer.compile=maybe", "unknown trainer.compile 'maybe' (valid: auto, off, on)"),
     ("losses.kl.args.beta=-1", "loss 'kl' (kl): beta must be >= 0, got -1"),
     ("losses.recon.args.kind=ms", "loss 'recon' (recon): unknown kind 'ms' (valid: bce, gaussian_nll, l1, mse; did you"),
+    ("trainer.log_with=[tensorboard,mlfow]", "unknown trainer.log_with tracker 'mlfow' (valid: aim, clearml, comet_ml, "
+                                             "dvclive, mlflow, swanlab, tensorboard, trackio, wandb; did you mean 'mlflow'?)"),
+    ("trainer.log_with=[comet_ml]", "trainer.log_with names comet_ml, which is not installed: pip install comet-ml"),
 ])
 def test_train_cli_rejects_bad_input_in_one_line(override: str, expected: str,
                                                  launch: Callable[[list[str]], tuple[int, str]]):

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,10 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from helpers import BIN, PY, TINY, env, free_port, run
+from vaeforge.config import available_recipes, load_config
 from vaeforge.errors import ConfigError
-from vaeforge.train.distributed import Launch, native_bf16, resolve_precision
+from vaeforge.train.distributed import (DEEPSPEED_CONFIG, Launch, check_launch, find_deepspeed_config, native_bf16,
+                                       resolve_precision)
 
 REPO = Path(__file__).resolve().parents[1]
 # DeepSpeed JIT-compiles a comm op on first use (~40 s): keep it in a stable folder of this venv (a folder shared
@@ -33,7 +36,8 @@ PARAM_ATOL = 1e-6
 BF16_LOSS_RTOL = 0.005
 
 COMPARE = [
-    "recipe=lfw_mlp", "model.latent_dim=16", "model.backbone.args.hidden=[64,32]", "data.batch_size=16",
+    "recipe=lfw_mlp", "trainer.mixed_precision=no", "model.latent_dim=16", "model.backbone.args.hidden=[64,32]",
+    "data.batch_size=16",
     "data.num_workers=0", "data.val_max_batches=2", "data.val_batch_size=32", "trainer.log_every=4",
     "trainer.progress=false", "optim.schedule=constant", "optim.warmup_steps=0", "trainer.audit_samples=true",
     "trainer.val_every=4", "trainer.image_every=4", "trainer.checkpoint_every=0",
@@ -226,14 +230,46 @@ def test_bf16_on_cpu_tracks_fp32(lfw64, tmp_path):
     assert fp32[-1][1] < 0.9 * fp32[0][1] and bf16[-1][1] < 0.9 * bf16[0][1]  # both actually train
 
 
+def launched(precision: str) -> Launch:
+    """A one-process launch whose launcher asked for ``precision``."""
+    return Launch(world_size=1, deepspeed=False, precision=precision, single_cpu_trap=False)
+
+
 def test_resolve_precision():
-    launched = lambda precision: Launch(world_size=1, deepspeed=False, precision=precision,  # noqa: E731
-                                        single_cpu_trap=False)
     assert resolve_precision("auto", launched("no")) == ("bf16" if native_bf16() else "no")
     assert resolve_precision("auto", launched("fp16")) == "fp16"  # the launcher decides what auto means
     assert [resolve_precision(p, launched("no")) for p in ("no", "bf16", "fp16")] == ["no", "bf16", "fp16"]
     with pytest.raises(ConfigError, match=r"unknown trainer.mixed_precision 'fp8' \(valid: auto, bf16, fp16, no; did you mean 'fp16'\?\)"):
         resolve_precision("fp8", launched("no"))
+
+
+def test_the_accelerate_configs_find_their_deepspeed_json_outside_a_checkout(tmp_path, monkeypatch):
+    """``recipes/deepspeed/zero2.json`` (what recipes/accelerate/zero2.yaml names) is the shipped copy where the
+    working folder has none, the working folder's own where it has one; other names are left alone."""
+    monkeypatch.chdir(tmp_path)
+    shipped = Path(str(resources.files("vaeforge.recipes"))) / "deepspeed" / "zero2.json"
+    names = ["recipes/deepspeed/zero2.json", "recipes/deepspeed/zero9.json", "mine/zero2.json", str(shipped)]
+    found = []
+    for name in names:
+        env = {DEEPSPEED_CONFIG: name}
+        find_deepspeed_config(env)
+        found.append(env[DEEPSPEED_CONFIG])
+    assert found == [str(shipped), *names[1:]]
+    (tmp_path / "recipes" / "deepspeed").mkdir(parents=True)
+    (tmp_path / "recipes" / "deepspeed" / "zero2.json").write_text("{}")
+    env = {DEEPSPEED_CONFIG: names[0]}
+    find_deepspeed_config(env)
+    assert env == {DEEPSPEED_CONFIG: names[0]}
+
+
+@pytest.mark.parametrize("recipe", sorted(available_recipes()))
+def test_a_launcher_s_mixed_precision_never_breaks_a_shipped_recipe(recipe):
+    """``accelerate config`` saying bf16 (ACCELERATE_MIXED_PRECISION) trains every shipped recipe in bf16: none
+    pins a precision, and ``auto`` is the schema's default for a recipe that says nothing."""
+    cfg = load_config({"recipe": recipe})
+    precision = resolve_precision(cfg.trainer.mixed_precision, launched("bf16"))
+    assert precision == "bf16"
+    check_launch(launched("bf16"), precision)
 
 
 def test_auto_precision_trains_in_the_hardware_s_choice(lfw64, tmp_path):

@@ -121,7 +121,7 @@ def test_config_json_describes_the_model_without_the_run(exported, fitted_run):
     info = json.loads((exported / "config.json").read_text())
     assert info["format"] == "vaeforge-export" and info["format_version"] == 1
     assert info["model"] == {"latent_dim": 16, "backbone": {"name": "unet", "args": {
-        "widths": [8, 16, 32], "blocks_per_stage": 1, "stem": 4}}}
+        "widths": [8, 16, 32], "blocks_per_stage": 1, "stem": 4, "head": "icnr_blur"}}}
     assert info["image"] == {"size": 64, "channels": 3}
     assert info["source"]["checkpoint"] == "step_00000010" and info["source"]["step"] == 10
     manifest = json.loads((fitted_run / "manifest.json").read_text())

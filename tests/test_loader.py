@@ -53,3 +53,32 @@ def test_eval_batches_cover_the_val_split_once(lfw64):
     shards = shard_paths(lfw64, manifest, "val")
     keys = [k for r in range(2) for b in eval_batches(shards, 50, r, 2) for k in b["key"]]
     assert len(keys) == len(set(keys)) == manifest["splits"]["val"]["count"]
+
+
+def raised_in(filename: str, exc: BaseException) -> BaseException:
+    """``exc`` as raised by code in ``filename`` (its traceback names that file)."""
+    try:
+        exec(compile("raise exc", filename, "exec"), {"exc": exc})
+    except BaseException as caught:  # noqa: BLE001 - handed back to the test
+        return caught
+    raise AssertionError("not raised")
+
+
+def test_a_worker_dying_while_it_hands_a_batch_over_is_a_worker_death():
+    """A killed loader worker shows up either as PyTorch's RuntimeError or, mid hand-over, as a reset connection
+    in the shared-memory receive code: both are named as a worker death; the same errors elsewhere are not (and
+    a reset connection is not mistaken for a failed peer rank)."""
+    from vaeforge.data.stream import worker_death
+    from vaeforge.train.distributed import peer_failed
+
+    reset = ConnectionResetError(104, "Connection reset by peer")
+    handover = raised_in("/usr/lib/python3/multiprocessing/resource_sharer.py", reset)
+    death = worker_death(handover)
+    assert death is not None and "data loader worker process died (it was handing a batch over" in str(death)
+    assert worker_death(raised_in("/torch/multiprocessing/reductions.py", EOFError())) is not None
+    killed = RuntimeError("DataLoader worker (pid 123) is killed by signal: Killed. ")
+    assert "DataLoader worker (pid 123) is killed by signal: Killed." in str(worker_death(killed))
+    assert worker_death(raised_in("/site-packages/urllib3/connection.py", ConnectionResetError(104, "reset"))) is None
+    assert worker_death(RuntimeError("shape mismatch")) is None
+    assert not peer_failed(handover, world=2)
+    assert peer_failed(RuntimeError("Connection reset by peer"), world=2)

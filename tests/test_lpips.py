@@ -8,6 +8,7 @@ same ImageNet trunk its distances must equal ours on real LFW faces under severa
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from pathlib import Path
@@ -17,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
+from torchvision.models import squeezenet1_1
 
 from vaeforge.errors import ConfigError, DataError
 from vaeforge.models.lpips import ENV_WEIGHTS, LPIPS, NETS, find_lpips_weights
+from vaeforge.models.lpips_weights import download
 
 FILES = {net: spec.file for net, spec in NETS.items()}
 
@@ -60,12 +63,29 @@ def reference_lpips(net: str, weights: Path):
     return ref.eval()
 
 
-@pytest.mark.parametrize("net", ["alex", "vgg"])
-def test_lpips_equals_the_reference_implementation_on_real_faces(net, lpips_weights, faces):
-    weights = lpips_weights / FILES[net]
+@pytest.fixture(scope="module")
+def squeeze_weights(tmp_path_factory) -> Path:
+    """LPIPS-SqueezeNet weights made by ``vaeforge lpips`` from the official v0.1 head and a trunk of torchvision's
+    SqueezeNet 1.1 with seeded random weights: no ImageNet copy is at hand offline, and the comparison with the
+    reference needs only the same trunk on both sides (the layer mapping is what is under test)."""
+    import lpips  # the test extra
+
+    folder = tmp_path_factory.mktemp("squeeze")
+    torch.manual_seed(0)
+    torch.save({f"features.{k}": v for k, v in squeezenet1_1().features.state_dict().items()}, folder / "trunk.pth")
+    trunk = folder / f"squeezenet-random-{hashlib.sha256((folder / 'trunk.pth').read_bytes()).hexdigest()[:8]}.pth"
+    (folder / "trunk.pth").rename(trunk)
+    head = Path(lpips.__file__).parent / "weights" / "v0.1" / "squeeze.pth"
+    return download("squeeze", trunk=str(trunk), head=str(head), trunk_name=trunk.name, out=str(folder),
+                    progress=False)
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg", "squeeze"])
+def test_lpips_equals_the_reference_implementation_on_real_faces(net, lpips_weights, faces, request):
+    weights = request.getfixturevalue("squeeze_weights") if net == "squeeze" else lpips_weights / FILES[net]
     ref = reference_lpips(net, weights)
     heads = load_file(str(weights))
-    for i in range(5):  # the shared file's heads are the LPIPS project's own v0.1 heads
+    for i in range(len(NETS[net].taps)):  # the file's heads are the LPIPS project's own v0.1 heads
         assert torch.equal(heads[f"lin{i}.weight"], ref.state_dict()[f"lin{i}.model.1.weight"])
     ours = LPIPS(net, weights)
     for name, y in distortions(faces).items():
@@ -115,8 +135,8 @@ def test_find_lpips_weights_order_and_errors(lpips_weights, tmp_path, monkeypatc
     monkeypatch.setenv(ENV_WEIGHTS, str(tmp_path))
     with pytest.raises(DataError, match=f"has no {FILES['alex']}"):
         find_lpips_weights("alex")
-    with pytest.raises(ConfigError, match="valid: alex, vgg"):
-        find_lpips_weights("squeeze")
+    with pytest.raises(ConfigError, match="valid: alex, squeeze, vgg"):
+        find_lpips_weights("resnet")
 
 
 def test_lpips_refuses_weights_of_the_wrong_net_or_format(lpips_weights, tmp_path):

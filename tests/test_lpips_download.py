@@ -1,4 +1,5 @@
-"""The LPIPS download and conversion against a 127.0.0.1 server serving real files.
+"""The LPIPS download (through torch.hub's loader, into its cache) and conversion against a 127.0.0.1 server
+serving real files.
 
 Heads: the official LPIPS v0.1 files shipped in the PyPI ``lpips`` package. Trunk: no torchvision .pth is
 available offline, so the AlexNet ``features.*`` tensors of ``../shared/weights/lpips_alexnet.safetensors``
@@ -42,10 +43,18 @@ def shared_alex(shared_dir: Path) -> Path:
 
 @pytest.fixture()
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty vaeforge cache under tmp_path, and no $VAEFORGE_LPIPS_WEIGHTS."""
+    """An empty vaeforge cache under tmp_path, an empty torch.hub cache ($TORCH_HOME/hub), and no
+    $VAEFORGE_LPIPS_WEIGHTS."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv(ENV_WEIGHTS, raising=False)
     return tmp_path / "xdg" / "vaeforge"
+
+
+def hub_files() -> list[str]:
+    """The names in torch.hub's checkpoint cache (where torchvision keeps its downloads too)."""
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
 @pytest.fixture()
@@ -81,27 +90,39 @@ def test_missing_weights_error_names_the_download_command(cache):
         find_lpips_weights("alex")
 
 
-def test_cli_downloads_and_converts_to_the_shared_layout(http_server, www, cache, shared_alex, capsys):
+def test_cli_downloads_into_torch_hub_s_cache_and_converts_to_the_shared_layout(http_server, www, cache,
+                                                                                shared_alex, capsys):
     server = http_server(www)
     name = trunk_file(www).name
-    cli_main(["lpips", "net=alex", f"trunk_base={server.url}/trunk", f"head_base={server.url}/heads",
-              f"trunk_name={name}", "progress=false"])
+    args = ["lpips", "net=alex", f"trunk_base={server.url}/trunk", f"head_base={server.url}/heads",
+            f"trunk_name={name}", "progress=false"]
+    cli_main(args)
     out = cache / OUT_NAME
     assert f"wrote {out}" in capsys.readouterr().out
     assert_same_tensors(out, shared_alex)
     assert find_lpips_weights("alex") == out
     assert [path for path, _ in server.requests] == ["/heads/alex.pth", f"/trunk/{name}"]
-    assert not list((cache / "downloads").iterdir())  # the pickles are deleted once converted
+    assert hub_files() == sorted([name, "lpips_v0.1_alex-df73285e.pth"])  # torch.hub's cache, as downloaded
+    head = Path(torch.hub.get_dir()) / "checkpoints" / "lpips_v0.1_alex-df73285e.pth"
+    assert sha256(head) == sha256(OFFICIAL_HEADS / "alex.pth")
+    out.unlink()
+    cli_main(args)  # converted again from the cache: nothing downloaded twice
+    assert_same_tensors(out, shared_alex)
+    assert len(server.requests) == 2
+    head.write_bytes(head.read_bytes()[:-1])  # a cache damaged after its download is checked again
+    with pytest.raises(DataError, match=rf"checksum mismatch for {head} \(torch.hub's cached copy .*delete it"):
+        download("alex", trunk_base=f"{server.url}/trunk", head_base=f"{server.url}/heads", trunk_name=name,
+                 progress=False)
 
 
 def test_wrong_head_checksum_leaves_nothing(http_server, www, cache):
     shutil.copy(OFFICIAL_HEADS / "vgg.pth", www / "heads" / "alex.pth")  # a real head, but not alex's
     server = http_server(www)
-    with pytest.raises(DataError, match=rf"checksum mismatch for {server.url}/heads/alex.pth: expected sha256:df73"):
+    with pytest.raises(DataError, match=rf"checksum mismatch for {server.url}/heads/alex.pth: .*expected \"df73"):
         download("alex", trunk_base=f"{server.url}/trunk", head_base=f"{server.url}/heads",
                  trunk_name=trunk_file(www).name, progress=False)
     assert_no_output(cache)
-    assert not list((cache / "downloads").iterdir())
+    assert hub_files() == []  # torch.hub checks before the file appears
     assert all(not path.startswith("/trunk/") for path, _ in server.requests)  # failed before the big download
 
 
@@ -112,7 +133,7 @@ def test_trunk_prefix_mismatch_leaves_nothing(http_server, www, cache):
         download("alex", trunk_base=f"{server.url}/trunk", head_base=f"{server.url}/heads", trunk_name=wrong.name,
                  progress=False)
     assert_no_output(cache)
-    assert not (cache / "downloads" / wrong.name).exists()
+    assert hub_files() == ["lpips_v0.1_alex-df73285e.pth"]  # the head passed its check; the trunk left nothing
 
 
 class RunsCode:
@@ -138,7 +159,7 @@ def test_crafted_pickle_trunk_is_refused_without_running_code(http_server, www, 
                  progress=False)
     assert not marker.exists()
     assert_no_output(cache)
-    assert not (cache / "downloads" / crafted.name).exists()
+    assert crafted.name not in hub_files()  # refused although its prefix matched: deleted from the cache
 
 
 def test_offline_local_files_are_converted(www, cache, shared_alex, tmp_path):
@@ -148,7 +169,8 @@ def test_offline_local_files_are_converted(www, cache, shared_alex, tmp_path):
     assert out == cache / OUT_NAME
     assert_same_tensors(out, shared_alex)
     out.unlink()
-    with pytest.raises(DataError, match=r"vgg\.pth: expected sha256:df73"):
+    with pytest.raises(DataError, match=r"vgg\.pth: expected a SHA-256 starting with df73"):
         download("alex", trunk=str(trunk), head=str(OFFICIAL_HEADS / "vgg.pth"), trunk_name=trunk.name)
     assert_no_output(cache)
     assert trunk.is_file() and (OFFICIAL_HEADS / "vgg.pth").is_file()  # a user's own files are never deleted
+    assert hub_files() == []  # local files are used where they are

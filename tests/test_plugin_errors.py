@@ -123,6 +123,17 @@ def test_a_builtin_name_is_replaced_only_with_replace_true():
     assert registry.get("backbone", "mlp").target is opted
 
 
+def test_a_builtin_module_imported_before_discovery_stays_builtin():
+    """``from vaeforge_plugins.losses.adversarial import ...`` before any lookup: the plugin it registered is
+    still the built-in one (its origin is its entry point's), as the reference and clash rule expect."""
+    code = ("import vaeforge_plugins.losses.adversarial\n"
+            "from vaeforge.registry import REGISTRY\n"
+            "plugin = REGISTRY.get('loss', 'adversarial')\n"
+            "print(plugin.builtin, plugin.origin)")
+    out = run([PY, "-c", code]).stdout
+    assert out.startswith("True vaeforge ") and "(vaeforge_plugins.losses.adversarial)" in out, out
+
+
 def test_nan_loss_term_stop_names_the_term_and_its_plugin(lfw64, tmp_path):
     (tmp_path / "nan_loss.py").write_text(
         "from vaeforge.api import LossTerm, LossValue, register_loss\n"

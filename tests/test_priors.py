@@ -151,6 +151,12 @@ def test_third_party_prior_is_a_sampler_of_the_sample_task(trained_run, tmp_path
     assert (out / "grid.png").read_bytes() == (tmp_path / "again" / "grid.png").read_bytes()
 
 
+def test_encoding_a_split_shows_its_progress(trained_run):
+    code = f"import vaeforge; vaeforge.load({str(trained_run)!r}).posterior_means('train', 100)"
+    shown = run([PY, "-c", code], env=env(TQDM_DISABLE="")).stderr  # tqdm reads TQDM_DISABLE when imported
+    assert "encoding train images: 100%" in shown and "100/100" in shown, shown
+
+
 def test_python_api_samples_from_a_fitted_prior(trained_run):
     model = vaeforge.load(trained_run)
     faces = model.sample(4, 0.8, seeded(0), sampler="flow", prior_args={**QUICK["flow"], "steps": 20})
@@ -161,10 +167,11 @@ def test_python_api_samples_from_a_fitted_prior(trained_run):
 
 def test_evaluate_scores_each_chosen_sampler(trained_run, shared_dir, tmp_path):
     out = tmp_path / "eval"
-    run([PY, "-m", "vaeforge.run", "task=evaluate", f"run_dir={trained_run}", "limit=64", "samples=64",
-         "samplers=[prior,flow_matching]", "prior_train_limit=300",
-         *[f"prior_args.flow_matching.{k}={v}" for k, v in QUICK["flow_matching"].items()], f"output={out}"],
-        env=env(VAEFORGE_LPIPS_WEIGHTS=str(shared_dir / "weights")))
+    shown = run([PY, "-m", "vaeforge.run", "task=evaluate", f"run_dir={trained_run}", "limit=64", "samples=64",
+                 "samplers=[prior,flow_matching]", "prior_train_limit=300",
+                 *[f"prior_args.flow_matching.{k}={v}" for k, v in QUICK["flow_matching"].items()], f"output={out}"],
+                env=env(VAEFORGE_LPIPS_WEIGHTS=str(shared_dir / "weights"), TQDM_DISABLE="")).stderr
+    assert "evaluate: 100%" in shown and "3/3" in shown, shown  # its stages: reconstructions, two samplers
     s = json.loads((out / "summary.json").read_text())
     assert set(s["samplers"]) == {"prior", "flow_matching"} and "fd_alexnet_gmm" not in s
     assert math.isfinite(s["fd_alexnet_flow_matching"]) and s["fd_alexnet_flow_matching"] > 0

@@ -2,36 +2,18 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from helpers import BIN, PY, TINY, run, train
-
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """Debian's chromium, installed by the test setup when it is missing (root, package registry only)."""
-    found = shutil.which("chromium")
-    if found:
-        return found
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
-    if subprocess.run(install, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update"], check=True, capture_output=True)
-        subprocess.run(install, check=True, capture_output=True)
-    return shutil.which("chromium") or pytest.fail("chromium did not install")
+from helpers import BIN, CHROMIUM_FLAGS, PY, TINY, dump_dom, run, train
 
 
 def test_report_renders_with_its_images_in_headless_chromium(lfw64, tmp_path, chromium):
     run_dir = tmp_path / "run"
     train(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", "trainer.max_steps=20")
-    run([PY, "-m", "vaeforge.run", "task=sample", f"run_dir={run_dir}", "n=8"])
+    # no prior fit: the page is tested (the flow fit is tested in test_priors)
+    run([PY, "-m", "vaeforge.run", "task=sample", f"run_dir={run_dir}", "n=8", "sampler=prior"])
     run([PY, "-m", "vaeforge.run", "task=reconstruct", f"run_dir={run_dir}", "input=val", "limit=4"])
     run([str(BIN / "vaeforge"), "report", f"run_dir={run_dir}"])
     page = run_dir / "report.html"
@@ -55,12 +37,6 @@ def charts(page: str) -> dict[str, str]:
     """Each chart of a page (as Chromium serialised its DOM) by title, in page order: title -> the SVG's markup."""
     found = re.findall(r'<svg class="chart".*?</svg>', page, re.S)
     return {re.search(r"<title>(.*?)</title>", svg).group(1): svg for svg in found}
-
-
-def dump_dom(chromium: str, page: Path, profile: Path) -> str:
-    """The page's DOM as headless Chromium built it."""
-    return run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
-               timeout=120).stdout
 
 
 def screenshot(chromium: str, page: Path, profile: Path, shot: Path) -> None:

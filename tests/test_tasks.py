@@ -180,8 +180,9 @@ def test_denoise_restores_noisy_val_faces(denoiser, faces, tmp_path):
 
 def test_edit_saves_the_direction_and_reuses_it(denoiser, faces, tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
-    task("task=edit", f"run_dir={denoiser}", f"input={faces}", "attribute=Pale Skin", "alphas=[-2,0,2]",
-         "train_limit=300", f"output={first}")
+    shown = task("task=edit", f"run_dir={denoiser}", f"input={faces}", "attribute=Pale Skin", "alphas=[-2,0,2]",
+                 "train_limit=300", f"output={first}", env=env(TQDM_DISABLE="")).stderr
+    assert "encoding images labelled Pale Skin" in shown  # the direction's encoding pass shows its progress
     s = summary(first)
     vector = denoiser / "vectors" / "Pale Skin.safetensors"
     assert s["vector"] == str(vector) and vector.is_file() and s["vector_origin"] == "computed"
@@ -205,6 +206,8 @@ def test_evaluate_metrics_and_happiness_edit(denoiser, lpips_env, tmp_path):
     assert s["kl"] > 0 and 0 < s["active_units"] <= s["latent_dim"] == 32
     assert s["fid"] is None and "no InceptionV3 weights" in s["fid_note"]
     assert 0 < s["fd_alexnet_gmm"] < float("inf") and s["samplers"]["gmm"]["prior_options"]["components"] == 10
+    assert s["checkerboard_recon"] > 0 and s["checkerboard_prior"] > 0  # ratios to the val images' own
+    assert s["samplers"]["gmm"]["checkerboard"] == s["checkerboard_gmm"] != s["checkerboard_prior"]
     edit = s["edit"]
     assert edit["faces"] == "neutral" and edit["n"] == 64 and edit["classifier"]["train_images"] == 800
     assert edit["classifier"]["val_accuracy_photos"] > 0.6  # happiness vs the rest, about 40% positives

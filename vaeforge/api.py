@@ -27,11 +27,13 @@ from .data.corrupt import parse_spec as parse_corruption
 from .config.fields import above, at_least, between, choice
 from .errors import CheckpointError, ConfigError, DataError, PluginError, did_you_mean, unknown_choice
 from .models.objective import LossTerm, LossValue, OwnedModule, OwnedOptim
-from .metrics import active_units, frechet_distance, kl_per_dim, psnr, ssim
+from .metrics import active_units, checkerboard_power, frechet_distance, kl_per_dim, psnr, ssim
+from .models.upsample import HEADS, upsampling_head
 from .models.vae import BackboneParts, ImageSpec, VAEOutput
 from .models.lpips import LPIPS, find_lpips_weights
 from .models.prior import FitProgress, FittedPrior, LatentPrior, Standardizer, minimize, standard_normal_log_prob
 from .runs.priors import DEFAULT_SAMPLER, STANDARD_NORMAL, check_sampler, sampler_names
+from .progress import bar as progress_bar
 from .registry import REGISTRY
 from .tasks.context import TRAIN, VAL, TaskContext
 
@@ -64,5 +66,6 @@ __all__ = [
     "OwnedOptim", "PluginError", "TaskContext", "above", "at_least", "between", "choice", "unknown_choice",
     "VAEOutput", "find_lpips_weights", "kl_per_dim", "psnr", "register_backbone", "register_loss", "register_task",
     "DEFAULT_SAMPLER", "STANDARD_NORMAL", "FitProgress", "FittedPrior", "LatentPrior", "Standardizer",
-    "check_sampler", "minimize", "register_prior", "sampler_names", "standard_normal_log_prob",
+    "check_sampler", "minimize", "progress_bar", "register_prior", "sampler_names", "standard_normal_log_prob",
+    "HEADS", "upsampling_head", "checkerboard_power",
 ]

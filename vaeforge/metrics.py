@@ -84,3 +84,16 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """Frechet distance between Gaussians fitted to two feature sets ``[N, D]`` (FID's formula on any features)."""
     a, b = a.double(), b.double()
     return gaussian_frechet(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T))
+
+
+def checkerboard_power(images: torch.Tensor) -> float:
+    """Power of the period-2 (checkerboard) frequencies of images ``[B, C, H, W]``: the mean over images of the
+    2-d power spectrum (orthonormal FFT) of each grey-level image (channel mean), summed over the 3x3 block of
+    bins around (H/2, W/2). A decoder whose upsampling leaves a per-pixel mesh puts its power there; blur only
+    lowers it (a ratio of those bins to their neighbours would instead rise with blur)."""
+    grey = images.float().mean(1)
+    power = torch.fft.fft2(grey, norm="ortho").abs().square().mean(0)
+    h, w = power.shape
+    rows = torch.arange(h // 2 - 1, h // 2 + 2) % h
+    cols = torch.arange(w // 2 - 1, w // 2 + 2) % w
+    return float(power[rows][:, cols].sum())

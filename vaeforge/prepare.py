@@ -6,15 +6,18 @@ each dataset has its own options (``vaeforge prepare dataset=folder --help``).
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass, make_dataclass
 from pathlib import Path
 from typing import Any
 
-from .cli.args import user_errors_exit
+from .cli.logs import entry_point
 from .cli.options import help_text, read_args
 from .config.fields import choice
 from .config.loader import validate_options
 from .data.build import DATASETS, build
+
+log = logging.getLogger("vaeforge.prepare")  # by name: under vaeforge's also when run as __main__ (python -m)
 
 DEFAULT = "lfw"
 SKIPPED_SHOWN = 20  # skipped images named in the summary; manifest.json lists them all
@@ -67,13 +70,13 @@ def _summary(manifest: dict[str, Any], out: str) -> str:
     return "\n".join(lines)
 
 
-@user_errors_exit
-def main(argv: list[str] | None = None) -> None:
+@entry_point
+def main(argv: list[str]) -> None:
     """Parse ``key=value`` arguments, prepare the dataset and print a summary."""
     args = read_args(argv, _help)
     name = _dataset(args)
     options = validate_options(OPTIONS[name], args, "prepare")
-    print(_summary(build(DATASETS[name], options), options.out))
+    log.info(_summary(build(DATASETS[name], options), options.out))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import importlib.metadata as md
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, is_dataclass
+from dataclasses import dataclass, is_dataclass, replace
 from typing import Any
 
 from .errors import ConfigError, PluginError, did_you_mean
@@ -39,6 +39,9 @@ class Plugin:
         return self.origin.startswith(f"{BUILTIN_DIST} ")
 
 
+UNKNOWN = "unknown"  # the origin of a plugin registered outside discovery and import_modules
+
+
 class Registry:
     """Plugins by kind and name.
 
@@ -48,7 +51,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._plugins: dict[str, dict[str, Plugin]] = {kind: {} for kind in KINDS}
-        self._source = ("unknown", "", "")  # (origin, distribution, version) of the plugins registered now
+        self._source = (UNKNOWN, "", "")  # (origin, distribution, version) of the plugins registered now
         self._discovered = False
         self._failed: dict[str, str] = {}
         self._registrations = 0  # register() calls so far: tells a plugin module that registered nothing
@@ -98,12 +101,22 @@ class Registry:
         for ep in md.entry_points(group=ENTRY_POINT_GROUP):
             dist = ep.dist.name if ep.dist is not None else "?"
             version = ep.dist.version if ep.dist is not None else ""
-            with self._origin_as(f"{dist} {version} ({ep.value})".strip(), dist, version):
+            origin = f"{dist} {version} ({ep.value})".strip()
+            with self._origin_as(origin, dist, version):
                 try:
                     ep.load()
                 except Exception as exc:  # a broken third-party plugin must not break the others
                     self._failed[ep.name] = f"{ep.value}: {type(exc).__name__}: {exc}"
                     warnings.warn(f"plugin entry point '{ep.name}' failed to load: {exc}", stacklevel=2)
+            self._claim(ep.module, origin, dist, version)
+
+    def _claim(self, module: str, origin: str, distribution: str, version: str) -> None:
+        """Give an entry point's origin to the plugins its module registered when it was imported before
+        discovery (``from vaeforge_plugins.losses.adversarial import ...``), so a built-in stays built-in."""
+        for plugins in self._plugins.values():
+            for name, plugin in plugins.items():
+                if plugin.origin == UNKNOWN and getattr(plugin.target, "__module__", None) == module:
+                    plugins[name] = replace(plugin, origin=origin, distribution=distribution, version=version)
 
     def import_modules(self, modules: list[str]) -> None:
         """Import user plugin modules (a recipe's ``plugins`` list, or ``plugins=[...]`` on a command line)."""

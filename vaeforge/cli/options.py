@@ -10,6 +10,7 @@ from typing import Any
 
 from ..config.reference import rows
 from .args import parse_overrides
+from .logs import FLAGS_HELP
 
 HELP_FLAGS = ("-h", "--help")
 WIDEST = 24  # a longer key, type or default pushes its own row's text along, not every row's
@@ -42,6 +43,5 @@ def help_text(usage: str, about: str, sections: Sequence[Section], note: str = "
         for key, type_name, default, accepts, meaning in table:
             text = "; ".join(part for part in (accepts, meaning) if part)
             lines.append(f"  {key:<{widths[0]}}  {type_name:<{widths[1]}}  {default:<{widths[2]}}  {text}".rstrip())
-    if note:
-        lines += ["", note]
+    lines += ["", *([note] if note else []), FLAGS_HELP]
     return "\n".join(lines)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import is_dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -12,23 +11,15 @@ from omegaconf.errors import OmegaConfBaseException
 from ..errors import ConfigError, PluginError, did_you_mean, unknown_choice
 from .fields import check_values
 from .schema import RunConfig
+from .shipped import named_files
 from .yamlfile import read_yaml
 
 RECIPE_SUFFIX = ".yaml"
 
 
-def recipe_dirs() -> list[Path]:
-    """Where recipes are looked up, first match wins: ./recipes, then the recipes shipped with vaeforge."""
-    shipped = Path(str(resources.files("vaeforge.recipes")))
-    return [Path.cwd() / "recipes", shipped]
-
-
 def available_recipes() -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for folder in reversed(recipe_dirs()):
-        for path in sorted(folder.glob(f"*{RECIPE_SUFFIX}")):
-            found[path.stem] = path
-    return found
+    """Recipe name -> file: ./recipes, then the recipes shipped with vaeforge (first match wins)."""
+    return named_files("recipes", "vaeforge.recipes", RECIPE_SUFFIX)
 
 
 def _recipe_path(name: str) -> Path:
@@ -52,17 +43,18 @@ def load_recipe(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
     if base is None:
         return data
     inherited = OmegaConf.create(load_recipe(str(base), _seen + (name,)))
-    _drop_args_of_replaced_plugins(inherited, {k: v for k, v in _flatten(data).items() if k.endswith(".name")})
+    _drop_args_of_replaced_plugins(inherited, {k: v for k, v in flatten(data).items() if k.endswith(".name")})
     merged = OmegaConf.merge(inherited, data)
     return OmegaConf.to_container(merged)  # type: ignore[return-value]
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one mapping of dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``); lists are values."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict) and value:
-            out.update(_flatten(value, dotted + "."))
+            out.update(flatten(value, dotted + "."))
         else:
             out[dotted] = value
     return out
@@ -122,7 +114,7 @@ def load_config(args: dict[str, Any], saved: Path | None = None) -> DictConfig:
     recipe = args.get("recipe")
     if recipe:
         data = load_recipe(str(recipe))
-        check_keys(cfg, list(_flatten(data)), f"recipe '{recipe}'")
+        check_keys(cfg, list(flatten(data)), f"recipe '{recipe}'")
         cfg = merge(cfg, data, f"recipe '{recipe}'")
     elif saved is None:
         raise ConfigError(f"no recipe given: pass recipe=NAME ({did_you_mean('', available_recipes())})")
@@ -156,7 +148,7 @@ def validate_options(config_cls: type | None, args: Any, where: str) -> Any:
         raise PluginError(f"{where}: its config dataclass {config_cls.__name__} cannot be a config "
                           f"({str(exc).splitlines()[0]}): give each field a type among int, float, str, bool, "
                           "Optional, List or Dict of those, and a default of that type") from None
-    check_keys(schema, list(_flatten(args)), where)
+    check_keys(schema, list(flatten(args)), where)
     merged = merge(schema, _scalars_as_lists(schema, args), where)
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:

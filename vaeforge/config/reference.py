@@ -68,18 +68,21 @@ def _verb_options() -> list[tuple[str, type, str]]:
     from ..models.lpips_weights import LpipsOptions
     from ..prepare import OPTIONS
     from ..runs.export import ExportOptions
+    from ..runs.leaderboard import LeaderboardOptions
     from ..runs.report import ReportOptions
-    from ..submit import SlurmConfig
+    from ..submit import SlurmConfig, SubmitOptions
     from ..tasks.runner import TaskOptions
 
     prepare = [(f"prepare dataset={name}", options, "") for name, options in OPTIONS.items()]
     return [*prepare, ("lpips", LpipsOptions, ""), ("run", TaskOptions, ""),
-            ("submit", SlurmConfig, "slurm."), ("report", ReportOptions, ""), ("export", ExportOptions, ""),
+            ("submit", SubmitOptions, ""), ("submit slurm=PROFILE", SlurmConfig, "slurm."),
+            ("report", ReportOptions, ""), ("leaderboard", LeaderboardOptions, ""), ("export", ExportOptions, ""),
             ("plugins", PluginsOptions, "")]
 
 
 def render() -> str:
-    """The whole reference as Markdown."""
+    """The whole reference as Markdown; of the plugins, those vaeforge ships (not third-party ones that happen
+    to be installed or imported)."""
     lines = [
         "# Configuration reference",
         "",
@@ -100,7 +103,7 @@ def render() -> str:
         lines += ["", f"### `vaeforge {verb}`", "", *_table(rows(cls, prefix))]
     for kind in KINDS:
         lines += ["", f"## {kind.capitalize()} plugins"]
-        for plugin in (p for p in REGISTRY.all() if p.kind == kind):
+        for plugin in (p for p in REGISTRY.all() if p.kind == kind and p.builtin):
             doc = inspect.getdoc(inspect.getmodule(plugin.target)) or ""
             lines += ["", f"### `{plugin.name}`", "", doc.split("\n\n")[0].replace("\n", " "), ""]
             lines += _table(rows(plugin.config)) if plugin.config else ["No options."]

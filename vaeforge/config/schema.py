@@ -67,11 +67,12 @@ class TrainerConfig:
     max_time: Optional[float] = above(0, None)  # seconds of training in this session; stops with a checkpoint
     time_budget: Optional[float] = above(0, None)  # training seconds across resumes: the run ends there, the lr decays over it
     grad_accum: int = at_least(1, 1)  # micro-batches per optimizer step
-    mixed_precision: str = choice("no", PRECISIONS)  # auto: bf16 where the device computes it natively, else fp32
+    mixed_precision: str = choice("auto", PRECISIONS)  # auto: the launcher's, else bf16 where the device computes it natively, else fp32
     ema_decay: float = between(0, 1, 0.999)  # per-step decay of the EMA of weights; 0 disables it
     ema_every: int = at_least(1, 1)  # steps between EMA updates, each standing for that many (decay ** ema_every): cheaper
     seed: int = 0  # same seed, same run (weights, data order, noise)
-    log_every: int = at_least(1, 25)  # steps between TensorBoard scalar logs
+    log_with: List[str] = field(default_factory=lambda: ["tensorboard"])  # experiment trackers (accelerate's: tensorboard, mlflow, wandb, comet_ml, aim, clearml, dvclive, swanlab, trackio): each gets the scalars and the config; TensorBoard (run_dir/tb) also histograms, image grids and HParams; [] logs nowhere
+    log_every: int = at_least(1, 25)  # steps between scalar logs
     val_every: int = at_least(0, 500)  # steps between validation passes; 0 disables
     image_every: int = at_least(0, 500)  # reconstruction and sample grids in TensorBoard; 0 disables
     checkpoint_every: int = at_least(0, 500)  # steps between checkpoints (one is always written at the end); 0: only at the end

@@ -14,6 +14,7 @@ import hashlib
 import importlib.metadata
 import io
 import json
+import logging
 import os
 import random
 import shutil
@@ -37,6 +38,8 @@ from .folder import FOLDER
 from .images import Crop, crop_box, crop_resize, decode_image
 from .labels import BINARY, Labels
 from .lfw import LFW
+
+log = logging.getLogger(__name__)
 
 DATASETS = {dataset.name: dataset for dataset in (LFW, FOLDER)}
 MANIFEST = "manifest.json"
@@ -71,9 +74,10 @@ def build(dataset: Dataset, options: PrepareConfig) -> dict[str, Any]:
         "sha256": source_digest(path, dataset.wanted),
         "labels_sha256": {name: _label_digest(Path(config[name])) for name in dataset.label_files if config[name]},
     }
+    log.debug(f"{config['source']}: sha256 {source_info['sha256']}")
     existing = _read_manifest(out)
     if existing is not None and _is_up_to_date(existing, out, config, source_info):
-        print(f"{out}: up to date (same source, labels and settings)")
+        log.info(f"{out}: up to date (same source, labels and settings)")
         return existing
     images, labels = dataset.read(path, config)
     splits = split_images(_unique_keys(images), config["val_fraction"], config["seed"])

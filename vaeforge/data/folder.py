@@ -8,8 +8,8 @@ Hidden files and folders (and macOS's ``__MACOSX``) are not images.
 from __future__ import annotations
 
 import csv
+import logging
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, List, Optional
@@ -19,6 +19,8 @@ from ..errors import ConfigError, DataError, did_you_mean
 from .dataset import Dataset, PrepareConfig, SourceImage, sample_key, source_files
 from .images import CROP_MODES, IMAGE_SUFFIXES, Crop, check_box
 from .labels import BINARY, REAL, Labels, bad_line, read_lines
+
+log = logging.getLogger(__name__)
 
 SHOWN = 3  # names shown in an error about many images
 
@@ -150,8 +152,8 @@ def _add_column(labels: Labels, path: Path, column: str, rows: dict[str, tuple[i
         if cells[column]:
             value = _finite(cells[column])
             if value is None:
-                print(f"vaeforge: warning: {path}, line {lineno}: column '{column}' holds '{cells[column]}', not a "
-                      "number: it is no label column", file=sys.stderr)
+                log.warning(f"{path}, line {lineno}: column '{column}' holds '{cells[column]}', not a number: "
+                            "it is no label column")
                 return
             values[file] = value
     binary = set(values.values()) <= {0, 1} or set(values.values()) <= {-1, 1}

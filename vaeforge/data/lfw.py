@@ -6,9 +6,9 @@ image file name (``Person_Name_0001.jpg``) to ``{column: value}``.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import re
-import sys
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
@@ -20,6 +20,8 @@ from ..errors import DataError
 from .dataset import Dataset, PrepareConfig, SourceFile, SourceImage, sample_key, source_files
 from .images import check_box
 from .labels import BINARY, REAL, Labels, bad_line, read_lines
+
+log = logging.getLogger(__name__)
 
 OFFICIAL_URL = "http://vis-www.cs.umass.edu/lfw/lfw-deepfunneled.tgz"
 OFFICIAL_CHECKSUM = "md5:68331da3eb755a505a502b5aacb3c201"
@@ -188,8 +190,8 @@ def read_gender(male: Path | None, female: Path | None) -> Labels:
     lists = {value: set(_read_name_list(path) if path is not None else []) for value, path in ((1, male), (0, female))}
     both = lists[1] & lists[0]
     if both:
-        print(f"vaeforge: warning: {len(both)} image(s) in both gender lists ({male}, {female}) left without a "
-              f"gender label: {', '.join(sorted(both))}", file=sys.stderr)
+        log.warning(f"{len(both)} image(s) in both gender lists ({male}, {female}) left without a gender label: "
+                    f"{', '.join(sorted(both))}")
     values = {file: {GENDER_COLUMN: value} for value, files in lists.items() for file in sorted(files - both)}
     return Labels({GENDER_COLUMN: BINARY}, values)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import random
+import traceback
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -167,12 +168,28 @@ def train_loader(spec: StreamSpec, num_workers: int, pin_memory: bool = False) -
 
 
 def worker_death(exc: BaseException) -> DataError | None:
-    """A DataError for a loader worker process that died (killed, out of memory), which PyTorch reports as a
-    RuntimeError from its SIGCHLD handler wherever the main process is; None for any other error."""
-    if not isinstance(exc, RuntimeError) or "DataLoader worker" not in str(exc):
+    """A DataError for a loader worker process that died (killed, out of memory); None for any other error.
+
+    PyTorch reports the death as a RuntimeError from its SIGCHLD handler wherever the main process is; when the
+    worker dies while it hands a batch over, the main process instead fails to fetch the batch's shared memory
+    from it (a ConnectionError, EOFError or FileNotFoundError raised in the hand-over code)."""
+    if isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc):
+        detail = str(exc).splitlines()[0].strip()
+    elif isinstance(exc, (ConnectionError, EOFError, FileNotFoundError)) and _in_handover(exc):
+        detail = f"it was handing a batch over: {type(exc).__name__}: {exc}"
+    else:
         return None
-    return DataError(f"a data loader worker process died ({str(exc).splitlines()[0].strip()}): out of memory? "
+    return DataError(f"a data loader worker process died ({detail}): out of memory? "
                      "lower data.num_workers or data.shuffle_buffer")
+
+
+HANDOVER_CODE = ("multiprocessing/resource_sharer.py", "multiprocessing/reductions.py")  # python's and torch's
+
+
+def _in_handover(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while receiving a batch's shared tensors from a worker process."""
+    files = [frame.filename for frame in traceback.extract_tb(exc.__traceback__)]
+    return any(name.endswith(HANDOVER_CODE) for name in files)
 
 
 def eval_batches(shards: list[str], batch_size: int, rank: int, world: int, image_size: int | None = None,

@@ -1,14 +1,16 @@
 """LPIPS v0.1 (Zhang et al., 2018): a perceptual distance from ImageNet features with learned 1x1 heads.
 
-The recipe: images in [-1, 1] -> LPIPS scaling layer -> AlexNet or VGG16 convolutional trunk -> the activations
-after chosen ReLUs, each unit-normalised over channels -> squared difference -> a 1x1 head per layer ->
-spatial mean -> sum over layers. Weights come from a safetensors file holding torchvision's ``features.<N>``
-tensors and the heads ``lin0`` .. ``lin4`` (the layout of ``../shared/weights``); pickles are never loaded here
+The recipe: images in [-1, 1] -> LPIPS scaling layer -> the convolutional ``features`` of torchvision's AlexNet,
+VGG16 or SqueezeNet 1.1 (torchvision's own model definitions, as the LPIPS authors use them) -> the outputs of
+chosen layers, each unit-normalised over channels -> squared difference -> a 1x1 head per layer -> spatial mean
+-> sum over layers. Weights come from a safetensors file holding torchvision's ``features.<N>`` tensors and the
+heads ``lin0`` .. ``lin<k>`` (the layout of ``../shared/weights``); pickles are never loaded here
 (:mod:`vaeforge.models.lpips_weights` makes that file from the official ``.pth`` files, loading them as weights only).
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
+from torchvision import models
+from torchvision.models import WeightsEnum
 
 from ..errors import DataError, unknown_choice
 
@@ -24,32 +28,26 @@ SHIFT = (-0.030, -0.088, -0.188)  # the LPIPS scaling layer, applied to inputs i
 SCALE = (0.458, 0.448, 0.450)
 EPS = 1e-10  # as in the reference implementation's unit-normalisation
 
-POOL = "pool"
-
 
 @dataclass(frozen=True)
 class TrunkSpec:
-    """A torchvision ``features`` stack: conv layers ``(out_channels, kernel, stride, padding)`` each followed
-    by a ReLU, and max-pools; ``taps`` are the ``features.<N>`` indices of the ReLUs LPIPS compares."""
+    """One LPIPS trunk: a torchvision model whose ``features`` stack it runs, the ImageNet weights of it that LPIPS
+    was trained on, and ``taps``: the ``features.<N>`` indices whose outputs LPIPS compares (as the reference
+    implementation slices them)."""
 
-    file: str
-    layers: tuple[tuple[int, int, int, int] | str, ...]
-    pool: tuple[int, int]  # max-pool (kernel, stride)
+    file: str  # the converted weights file: lpips_<model>.safetensors
+    model: Callable[[], nn.Module]
+    weights: WeightsEnum
     taps: tuple[int, ...]
 
 
-def _vgg_layers() -> tuple[tuple[int, int, int, int] | str, ...]:
-    widths = (64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL, 512, 512, 512)
-    return tuple(w if w == POOL else (w, 3, 1, 1) for w in widths)
-
-
 NETS = {
-    "alex": TrunkSpec(
-        "lpips_alexnet.safetensors",
-        ((64, 11, 4, 2), POOL, (192, 5, 1, 2), POOL, (384, 3, 1, 1), (256, 3, 1, 1), (256, 3, 1, 1)),
-        (3, 2), (1, 4, 7, 9, 11),
-    ),
-    "vgg": TrunkSpec("lpips_vgg16.safetensors", _vgg_layers(), (2, 2), (3, 8, 15, 22, 29)),
+    "alex": TrunkSpec("lpips_alexnet.safetensors", models.alexnet, models.AlexNet_Weights.IMAGENET1K_V1,
+                      (1, 4, 7, 9, 11)),
+    "vgg": TrunkSpec("lpips_vgg16.safetensors", models.vgg16, models.VGG16_Weights.IMAGENET1K_V1,
+                     (3, 8, 15, 22, 29)),
+    "squeeze": TrunkSpec("lpips_squeezenet1_1.safetensors", models.squeezenet1_1,
+                         models.SqueezeNet1_1_Weights.IMAGENET1K_V1, (1, 4, 7, 9, 10, 11, 12)),
 }
 
 
@@ -95,30 +93,31 @@ def find_lpips_weights(net: str, explicit: str | Path | None = None) -> Path:
 
 
 def build_trunk(spec: TrunkSpec) -> nn.Sequential:
-    """The torchvision ``features`` layers up to the last tap, with torchvision's ``features.<N>`` indices."""
-    layers: list[nn.Module] = []
-    channels = 3
-    for layer in spec.layers:
-        if layer == POOL:
-            layers.append(nn.MaxPool2d(*spec.pool))
-            continue
-        out, kernel, stride, padding = layer  # type: ignore[misc]
-        layers += [nn.Conv2d(channels, out, kernel, stride, padding), nn.ReLU(inplace=False)]
-        channels = out
-    return nn.Sequential(*layers[: spec.taps[-1] + 1])
+    """torchvision's ``features`` layers up to the last tap, with its ``features.<N>`` indices, on the meta device
+    (shapes only: no memory, no initialisation; ``to_empty`` then a weights file make it real)."""
+    with torch.device("meta"):
+        return spec.model().features[: spec.taps[-1] + 1]
+
+
+def tapped(trunk: nn.Sequential, taps: tuple[int, ...], h: torch.Tensor) -> list[torch.Tensor]:
+    """The outputs of the ``taps`` layers of ``trunk`` run on ``h``, shallowest first."""
+    out = []
+    for i, layer in enumerate(trunk):
+        h = layer(h)
+        if i in taps:
+            out.append(h)
+    return out
 
 
 def _tap_channels(trunk: nn.Sequential, taps: tuple[int, ...]) -> list[int]:
-    """Channels of each tapped activation: those of the last convolution before it."""
-    convs = [(i, m.out_channels) for i, m in enumerate(trunk) if isinstance(m, nn.Conv2d)]
-    return [max((i, c) for i, c in convs if i < tap)[1] for tap in taps]
+    """Channels of each tapped output, from a shape-only pass of a meta ``trunk``."""
+    return [t.shape[1] for t in tapped(trunk, taps, torch.empty(1, 3, 64, 64, device="meta"))]
 
 
 def weights_layout(net: str) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor an LPIPS weights file for ``net`` holds (``features.<N>.*``, ``lin<i>.weight``)."""
     spec = _check_net(net)
-    with torch.device("meta"):  # shapes only: no memory, no initialisation
-        trunk = build_trunk(spec)
+    trunk = build_trunk(spec)
     layout = {f"features.{name}": tuple(t.shape) for name, t in trunk.state_dict().items()}
     heads = {f"lin{i}.weight": (1, c, 1, 1) for i, c in enumerate(_tap_channels(trunk, spec.taps))}
     return layout | heads
@@ -146,8 +145,9 @@ class LPIPS(nn.Module):
         super().__init__()
         spec = _check_net(net)
         self.net, self.taps = net, spec.taps
-        self.trunk = build_trunk(spec)
-        self.heads = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in _tap_channels(self.trunk, spec.taps))
+        trunk = build_trunk(spec)
+        self.heads = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in _tap_channels(trunk, spec.taps))
+        self.trunk = trunk.to_empty(device="cpu")  # every tensor is then loaded from the weights file
         self.register_buffer("shift", torch.tensor(SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(SCALE).view(1, 3, 1, 1), persistent=False)
         self._load(find_lpips_weights(net, weights))
@@ -171,12 +171,7 @@ class LPIPS(nn.Module):
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The tapped activations (after the scaling layer) of images ``x`` in [0, 1], shallowest first."""
         h = ((x * 2.0 - 1.0 - self.shift) / self.scale).to(self.shift.dtype)  # weights cast by DeepSpeed: follow
-        taps, out = set(self.taps), []
-        for i, layer in enumerate(self.trunk):
-            h = layer(h)
-            if i in taps:
-                out.append(h)
-        return out
+        return tapped(self.trunk, self.taps, h)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Distance of each image pair ``[B]`` (both batches in [0, 1], one trunk pass for both)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -23,6 +22,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from ..progress import bar
 
 from ..config.loader import validate_options
 from ..errors import ConfigError, DataError
@@ -43,8 +44,7 @@ class FitProgress:
 
     def steps(self, total: int) -> Iterator[int]:
         """``range(total)``, drawn as a progress bar."""
-        off = {} if self.enabled else {"disable": True}  # else leave tqdm's default (TQDM_DISABLE, a non-tty)
-        with tqdm(range(total), desc=self.desc, file=sys.stderr, mininterval=2.0, **off) as self._bar:
+        with bar(range(total), self.desc, enabled=self.enabled) as self._bar:
             yield from self._bar
 
     def report(self, **values: float) -> None:

@@ -10,6 +10,7 @@ place, and only ever replaces an earlier export.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from huggingface_hub import constants as hub
 from omegaconf import MISSING, OmegaConf
 
 from .. import __version__
-from ..cli.args import user_errors_exit
+from ..cli.logs import entry_point
 from ..cli.options import help_text, read_args
 from ..config.fields import choice
 from ..config.loader import validate_options
@@ -35,6 +36,8 @@ from .layout import RUN_FILE, TASKS_DIR
 from .load import WEIGHTS, LoadedVAE, load
 from .priors import PRIORS_DIR
 from .tensorfile import read_tensors
+
+log = logging.getLogger("vaeforge.runs.export")  # by name: under vaeforge's also when run as __main__ (python -m)
 
 FORMAT, FORMAT_VERSION = "vaeforge-export", 1  # config.json's "format" tells an export from any other folder
 CONFIG, WEIGHTS_FILE, CARD = hub.CONFIG_NAME, hub.SAFETENSORS_SINGLE_FILE, hub.REPOCARD_NAME
@@ -217,12 +220,12 @@ def replace_folder(out: Path, fill: Callable[[Path], None]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-@user_errors_exit
-def main(argv: list[str] | None = None) -> None:
+@entry_point
+def main(argv: list[str]) -> None:
     args = read_args(argv, lambda _: help_text(USAGE, ABOUT, [("options (key=value)", ExportOptions, "")]))
     opts = validate_options(ExportOptions, args, "export")
     out = export(opts.run_dir, opts.out, opts.checkpoint, opts.weights, opts.fitted, opts.plugins)
-    print(f"export: {out} (vaeforge.from_pretrained({str(out)!r}) loads it)")
+    log.info(f"export: {out} (vaeforge.from_pretrained({str(out)!r}) loads it)")
 
 
 if __name__ == "__main__":

@@ -4,4 +4,5 @@ RUN_FILE = "run.json"  # the setup it actually ran with (world size, backend, pr
 MANIFEST_COPY = "manifest.json"  # the dataset's manifest, so a run can be used after its data is gone
 LOCK_FILE = ".lock"  # held by the training process that owns the folder
 TB_DIR = "tb"  # TensorBoard events
+TRACKERS_FILE = "trackers.json"  # the run ids of the experiment trackers a resume continues (MLflow, W&B)
 TASKS_DIR = "tasks"  # default output folder of tasks: tasks/<task>

@@ -15,6 +15,7 @@ from ..data.splits import Sample, chunks, iter_split
 from ..errors import CheckpointError, ConfigError, unknown_choice
 from ..models.prior import FittedPrior
 from ..models.vae import VAE, ImageSpec, build_model
+from ..progress import bar
 from ..registry import REGISTRY, named_modules_hint
 from .layout import CONFIG_FILE, MANIFEST_COPY
 from .priors import DEFAULT_SAMPLER, StandardNormal, run_sampler
@@ -110,8 +111,13 @@ class LoadedVAE:
         """Posterior means ``[N, latent_dim]`` of the first ``limit`` images (0: all) of a split of the run's
         dataset, in file order, on the CPU; kept, so that fitting several priors encodes the split once."""
         if (split, limit) not in self._means:
-            mus = [self.encode(torch.stack([s.image for s in group]))[0].cpu()
-                   for group in chunks(self.samples(split, limit), CHUNK)]
+            count = self.manifest.get("splits", {}).get(split, {}).get("count")
+            total = min(limit, count) if limit and count else limit or count
+            with bar(desc=f"encoding {split} images", total=total, unit="img") as shown:
+                mus = []
+                for group in chunks(self.samples(split, limit), CHUNK):
+                    mus.append(self.encode(torch.stack([s.image for s in group]))[0].cpu())
+                    shown.update(len(group))
             self._means[split, limit] = torch.cat(mus) if mus else torch.empty(0, self.latent_dim)
         return self._means[split, limit].clone()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,8 @@ from ..data.splits import TRAIN
 from ..errors import ConfigError, unknown_choice
 from ..models.prior import FittedPrior, fit_prior, load_prior, prior_options
 from ..registry import REGISTRY
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .load import LoadedVAE
@@ -74,10 +76,8 @@ def run_sampler(model: LoadedVAE, name: str, args: dict[str, Any] | None = None,
             saved.reused = True
             return saved
     latents = model.posterior_means(TRAIN, train_limit)
-    print(f"prior {name}: fitting on the posterior means of {len(latents)} training images", file=sys.stderr,
-          flush=True)
+    log.info(f"prior {name}: fitting on the posterior means of {len(latents)} training images")
     prior = fit_prior(name, args, latents, source, progress)
     prior.save(path)
-    print(f"prior {name}: fitted on {prior.count} latents in {prior.fit_seconds} s, saved to {path}",
-          file=sys.stderr, flush=True)
+    log.info(f"prior {name}: fitted on {prior.count} latents in {prior.fit_seconds} s, saved to {path}")
     return prior

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +17,15 @@ from typing import Any, Optional
 from omegaconf import MISSING
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ..cli.args import user_errors_exit
+from ..cli.logs import entry_point
 from ..cli.options import help_text, read_args
 from ..config.loader import validate_options
 from ..config.yamlfile import read_yaml
 from ..errors import CheckpointError
 from .checkpoints import latest_checkpoint, read_state
 from .layout import CONFIG_FILE, RUN_FILE, TASKS_DIR, TB_DIR
+
+log = logging.getLogger("vaeforge.runs.report")  # by name: under vaeforge's also when run as __main__ (python -m)
 
 # Charted first, in this order; every other train/, val/ and perf/ scalar follows (a plugin's own loss terms too).
 KNOWN_CURVES = ("train/loss", "val/loss", "val/psnr", "train/kl/nats", "train/kl/beta", "train/lr",
@@ -198,11 +201,11 @@ class ReportOptions:
     output: Optional[str] = None  # the HTML file; default: <run_dir>/report.html
 
 
-@user_errors_exit
-def main(argv: list[str] | None = None) -> None:
+@entry_point
+def main(argv: list[str]) -> None:
     args = read_args(argv, lambda _: help_text(USAGE, ABOUT, [("options (key=value)", ReportOptions, "")]))
     opts = validate_options(ReportOptions, args, "report")
-    print(f"report: {write_report(opts.run_dir, opts.output)}")
+    log.info(f"report: {write_report(opts.run_dir, opts.output)}")
 
 if __name__ == "__main__":
     main()

@@ -12,6 +12,7 @@ import torch
 from .attributes import VECTORS_DIR, AttributeVector, direction, posterior_means
 from ..data.splits import TRAIN, VAL, Sample, chunks, read_split  # noqa: F401  (read_split: re-exported)
 from ..errors import DataError, PluginError, unknown_choice
+from ..progress import bar
 from .image_files import load_inputs, save_grid, save_png
 
 if TYPE_CHECKING:
@@ -102,7 +103,9 @@ class TaskContext:
             saved = AttributeVector.load(path)
             if saved.source == source:
                 return saved, True
-        mu, values = posterior_means(m.encode, self.labelled(TRAIN, attribute, train_limit))
+        batches = bar(self.labelled(TRAIN, attribute, train_limit), f"encoding images labelled {attribute}", unit="batch")
+        with batches:
+            mu, values = posterior_means(m.encode, batches)
         vector = AttributeVector(attribute, kind, direction(mu, values, kind, attribute), len(values), source)
         vector.save(path)
         return vector, False

@@ -3,6 +3,7 @@ on a trained run; writes the task's files and ``summary.json`` into the output f
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -10,8 +11,8 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
-from ..cli.args import user_errors_exit
 from ..cli import PluginsOptions
+from ..cli.logs import entry_point
 from ..cli.options import help_text, read_args
 from ..config.fields import at_least, choice
 from ..config.loader import validate_options
@@ -20,6 +21,8 @@ from ..runs.load import WEIGHTS, load
 from ..registry import REGISTRY
 from ..runs.layout import TASKS_DIR
 from .context import TaskContext
+
+log = logging.getLogger(__name__)
 
 ABOUT = "Run a task plugin on a trained run; its files and summary.json go into the output folder."
 USAGE = "vaeforge run task=NAME run_dir=DIR [input=...] [output=...] [task options ...]"
@@ -43,8 +46,9 @@ class TaskOptions:
     shards: Optional[str] = None  # where the run's dataset is (input=val, fitted priors); default: its data.shards
 
 
-def run_task(args: dict[str, Any]) -> dict[str, Any]:
-    """Run one task from ``key=value`` arguments; returns the summary that was written."""
+def task_options(args: dict[str, Any]) -> tuple[TaskOptions, Any, Any]:
+    """``key=value`` arguments of a task run, checked: the options every task takes, the task plugin and its own
+    options (also called by ``vaeforge submit then=TASK`` before it queues anything)."""
     common, options = _split(args)
     if not common.get("task"):
         raise ConfigError(f"no task given: pass task=NAME ({did_you_mean('', REGISTRY.names('task'))})")
@@ -53,7 +57,12 @@ def run_task(args: dict[str, Any]) -> dict[str, Any]:
     opts: TaskOptions = validate_options(TaskOptions, common, "run")
     REGISTRY.import_modules(opts.plugins)
     plugin = REGISTRY.get("task", opts.task)
-    cfg = validate_options(plugin.config, options, f"task '{plugin.name}'")
+    return opts, plugin, validate_options(plugin.config, options, f"task '{plugin.name}'")
+
+
+def run_task(args: dict[str, Any]) -> dict[str, Any]:
+    """Run one task from ``key=value`` arguments; returns the summary that was written."""
+    opts, plugin, cfg = task_options(args)
     model = load(opts.run_dir, opts.checkpoint, opts.weights, opts.device, opts.plugins, opts.shards)
     output = Path(opts.output or Path(opts.run_dir) / TASKS_DIR / plugin.name)
     output.mkdir(parents=True, exist_ok=True)
@@ -113,10 +122,10 @@ def task_result(result: Any, where: str, output: Path) -> dict[str, Any]:
     return {"output": str(output), "files": files, **result}
 
 
-@user_errors_exit
-def main(argv: list[str] | None = None) -> None:
+@entry_point
+def main(argv: list[str]) -> None:
     summary = run_task(read_args(argv, _help))
-    print(f"{summary['task']}: wrote {summary.get('files', '?')} file(s) to {summary.get('output')}")
+    log.info(f"{summary['task']}: wrote {summary.get('files', '?')} file(s) to {summary.get('output')}")
 
 if __name__ == "__main__":
     main()

@@ -1,19 +1,21 @@
 """``python -m vaeforge.train recipe=NAME [key=value ...]`` (also under ``accelerate launch -m``)."""
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ..cli.args import user_errors_exit
+from ..cli.logs import entry_point
 from ..cli.options import help_text, read_args
 from ..config import RunConfig, load_config, validate_options
 from ..config.fields import check_values
 from ..config.yamlfile import read_yaml
 from ..data.sources import refuse_saved_command
 from ..registry import REGISTRY, named_modules_hint
-from ..runs.layout import CONFIG_FILE, TB_DIR
+from ..runs.layout import CONFIG_FILE
+
+log = logging.getLogger("vaeforge.train")  # by name: under vaeforge's also when run as __main__ (python -m)
 
 
 ABOUT = "Train a recipe; several processes: accelerate launch [--multi_gpu --num_processes N] -m vaeforge.train ..."
@@ -64,9 +66,8 @@ def _help(_: dict) -> str:
                      "`vaeforge plugins`\nrecipes: `vaeforge recipes`")
 
 
-@user_errors_exit
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+@entry_point
+def main(argv: list[str]) -> None:
     cfg = resolve_config(read_args(argv, _help))
     from ..data.stream import worker_death
     from .distributed import peer_failed
@@ -75,23 +76,21 @@ def main(argv: list[str] | None = None) -> None:
     trainer = Trainer(cfg)
     try:
         state = trainer.fit()
-    except RuntimeError as exc:
+    except (RuntimeError, OSError, EOFError) as exc:
         trainer.abort()
-        if peer_failed(exc, trainer.world):
-            print(f"vaeforge: rank {trainer.rank} stops: another rank failed (its error is above)", file=sys.stderr)
-            raise SystemExit(1) from None
         death = worker_death(exc)
-        if death is None:
-            raise
-        raise death from None
+        if death is not None:
+            raise death from None
+        if peer_failed(exc, trainer.world):
+            log.warning(f"rank {trainer.rank} stops: another rank failed (its error is above)")
+            raise SystemExit(1) from None
+        raise
     except BaseException:
         trainer.abort()  # no barrier: the other ranks may wait in a collective this one will never join
         raise
     trainer.close()
-    trainer.monitor.write(
-        f"done: step {state.step}, run folder {cfg.run_dir}\n"
-        f"  TensorBoard: tensorboard --logdir {Path(cfg.run_dir) / TB_DIR} --host 127.0.0.1"
-    )
+    log.info(f"done: step {state.step}, run folder {cfg.run_dir}\n"
+             f"  TensorBoard: tensorboard --logdir {cfg.run_dir} --host 127.0.0.1")
 
 
 if __name__ == "__main__":

@@ -175,7 +175,7 @@ class Validation(Callback):
         if t.val_every and s.step % t.val_every == 0:
             metrics = trainer.evaluator.validate(s.step, trainer.monitor)
             trainer.monitor.scalars(metrics, s.step)
-            trainer.monitor.write(f"step {s.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+            trainer.monitor.info(f"step {s.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
             trainer.callbacks.on_validate(trainer, metrics)
         if t.image_every and s.step % t.image_every == 0:
             trainer.evaluator.log_images(s.step, trainer.monitor)

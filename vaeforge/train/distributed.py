@@ -11,19 +11,23 @@ import contextlib
 import importlib.util
 import os
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.tracking import GeneralTracker
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, broadcast, gather_object
 from omegaconf import DictConfig
 from torch import nn
 
 from ..config.schema import PRECISIONS
+from ..config.shipped import shipped_dir
 from ..errors import ConfigError, VaeforgeError, unknown_choice
 
+DEEPSPEED_CONFIG = "ACCELERATE_DEEPSPEED_CONFIG_FILE"  # set by accelerate launch from its config's deepspeed_config_file
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ def check_launch(launch: Launch, precision: str) -> None:
     if launch.precision != "no" and launch.precision != precision:
         raise ConfigError(
             f"the launcher asked for mixed precision '{launch.precision}' but trainer.mixed_precision is "
-            f"'{precision}': pass trainer.mixed_precision={launch.precision} (the recipe decides; the launch agrees)"
+            f"'{precision}': pass trainer.mixed_precision={launch.precision} or auto (auto follows the launcher)"
         )
     if precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("trainer.mixed_precision=fp16 needs a GPU (loss scaling runs on CUDA); "
@@ -96,11 +100,29 @@ def check_launch(launch: Launch, precision: str) -> None:
         raise ConfigError("the launch asked for DeepSpeed but it is not installed: pip install 'vaeforge[deepspeed]'")
 
 
-def make_accelerator(precision: str, grad_accum: int, launch: Launch) -> Accelerator:
-    """The Accelerator for this launch. On CPU, DDP needs ``cpu=True`` (gloo), but DeepSpeed must NOT get it
-    (it would be dropped silently): it gets a gloo process group instead."""
+def find_deepspeed_config(env: MutableMapping[str, str]) -> None:
+    """The shipped accelerate configs name their DeepSpeed JSON relative to a checkout (``recipes/deepspeed/
+    zero2.json``): where the working folder has no such file, ``env``'s entry is pointed at the copy shipped with
+    vaeforge, as ``recipe=NAME`` finds ./recipes first and then the shipped recipes."""
+    name = env.get(DEEPSPEED_CONFIG, "")
+    path = Path(name)
+    if not name or path.is_absolute() or path.is_file() or path.parts[0] != "recipes":
+        return
+    shipped = shipped_dir("vaeforge.recipes").joinpath(*path.parts[1:])
+    if shipped.is_file():
+        env[DEEPSPEED_CONFIG] = str(shipped)
+
+
+def make_accelerator(precision: str, grad_accum: int, launch: Launch, run_dir: Path,
+                     log_with: list[str | GeneralTracker]) -> Accelerator:
+    """The Accelerator for this launch, logging with the trackers ``log_with`` (those that want a folder get the
+    run folder). On CPU, DDP needs ``cpu=True`` (gloo), but DeepSpeed must NOT get it (it would be dropped
+    silently): it gets a gloo process group instead."""
     cuda = torch.cuda.is_available()
-    kwargs: dict[str, Any] = {"mixed_precision": precision, "gradient_accumulation_steps": grad_accum}
+    kwargs: dict[str, Any] = {"mixed_precision": precision, "gradient_accumulation_steps": grad_accum,
+                              "log_with": log_with, "project_dir": str(run_dir)}
+    if launch.deepspeed:
+        find_deepspeed_config(os.environ)
     if launch.deepspeed and not cuda:
         kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
     elif not launch.deepspeed:
@@ -141,8 +163,8 @@ def any_rank(acc: Accelerator, flag: bool) -> bool:
 
 def peer_failed(exc: BaseException, world: int) -> bool:
     """Whether ``exc`` is a collective that broke because another rank ended (it printed the real error)."""
-    return world > 1 and (isinstance(exc, torch.distributed.DistBackendError)
-                          or any(text in str(exc) for text in ("Connection closed by peer", "Connection reset by peer")))
+    return world > 1 and (isinstance(exc, torch.distributed.DistBackendError) or isinstance(exc, RuntimeError) and
+                          any(text in str(exc) for text in ("Connection closed by peer", "Connection reset by peer")))
 
 
 def broadcast_from_rank0(acc: Accelerator, value: float) -> float:
@@ -202,7 +224,7 @@ def deepspeed_summary(acc: Accelerator) -> dict[str, Any] | None:
         "zero_stage": stage,
         "offload_optimizer": device("offload_optimizer"),
         "offload_param": device("offload_param"),
-        "config_file": os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"),
+        "config_file": os.environ.get(DEEPSPEED_CONFIG),
         "version": importlib.import_module("deepspeed").__version__,
     }
 

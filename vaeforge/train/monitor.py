@@ -1,67 +1,102 @@
-"""What a run shows while it trains: TensorBoard events and a progress bar, on rank 0 only."""
+"""What a run shows while it trains, on rank 0 only: its experiment trackers and a progress bar."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
+from accelerate import Accelerator
+from accelerate.tracking import GeneralTracker
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from ..errors import VaeforgeError, write_failure
 from ..runs.layout import TB_DIR
+from . import tracking
 
+log = logging.getLogger(__name__)
 QUIET = "vaeforge_quiet_tensorboard"  # marks the installed threading.excepthook
 
 
 class Monitor:
-    """TensorBoard writer plus tqdm bar; every method is a no-op on ranks other than 0.
+    """The run's experiment trackers (``trainer.log_with``, started here: :mod:`~vaeforge.train.tracking`) plus a
+    tqdm bar and the run's messages; every method is a no-op on ranks other than 0. Scalars go to every tracker;
+    histograms, image grids and the HParams session's end (:meth:`end_session`) to TensorBoard.
 
     The bar counts what ends the run: optimizer steps up to ``max_steps``, or, with a time budget, training
-    seconds up to the budget (so its total and ETA are the budget's, not a nominal step count's). Events that
-    cannot be written (a full disk) stop the run with one line naming the folder."""
+    seconds up to the budget (so its total and ETA are the budget's, not a nominal step count's). A tracker that
+    cannot write (a full disk) stops the run with one line naming it (TensorBoard: its folder)."""
 
-    def __init__(self, run_dir: Path, enabled: bool, max_steps: int, budget: float | None, progress: bool) -> None:
-        self.enabled, self.budget, self.events = enabled, budget, run_dir / TB_DIR
-        self.writer: SummaryWriter | None = None
-        if enabled:
+    def __init__(self, acc: Accelerator, run_dir: Path, config: dict[str, Any], max_steps: int,
+                 budget: float | None, progress: bool) -> None:
+        self.enabled, self.budget, self.events = acc.is_main_process, budget, run_dir / TB_DIR
+        self.acc = acc
+        self.trackers: list[GeneralTracker] = []
+        if self.enabled:
             _quiet_tensorboard_threads()
-            with self._reported():
-                self.writer = SummaryWriter(str(self.events))
+        with self._reported(*acc.log_with):
+            tracking.start(acc, run_dir, tracking.flat_config(config))
+        if self.enabled:
+            self.trackers = list(acc.trackers)
         total, unit = (max_steps, "step") if budget is None else (round(budget), "s")
-        self.bar = tqdm(total=total, desc="train", unit=unit, dynamic_ncols=True, disable=not (enabled and progress))
+        self.bar = tqdm(total=total, desc="train", unit=unit, dynamic_ncols=True, disable=not (self.enabled and progress))
 
     @contextlib.contextmanager
-    def _reported(self) -> Iterator[None]:
-        """A failed write of the event writer stops the run in one line; the writer is dropped (its thread has
-        ended, and would raise the same error again)."""
+    def _reported(self, *trackers: Any) -> Iterator[None]:
+        """A tracker that fails stops the run in one line: a failed write (OSError) of any, any error of another
+        tracker than TensorBoard (its server, its store). The tracker is dropped (a writer thread that failed
+        would raise the same error again)."""
+        names = [t.name if isinstance(t, GeneralTracker) else str(t) for t in trackers]
         try:
             yield
-        except OSError as exc:
-            self.writer = None
-            problem, fix = write_failure(exc)
-            raise VaeforgeError(f"cannot write TensorBoard events in {self.events}: {problem}: {fix}, then continue "
-                                "with resume=true from the last checkpoint") from None
+        except Exception as exc:
+            if isinstance(exc, OSError):
+                problem, fix = write_failure(exc)
+            elif names != ["tensorboard"]:
+                problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                fix = "check its settings, or leave it out of trainer.log_with"
+            else:
+                raise
+            self.trackers = [t for t in self.trackers if t not in trackers]
+            where = (f"TensorBoard events in {self.events}" if names == ["tensorboard"]
+                     else f"to the experiment tracker {', '.join(names)}")
+            raise VaeforgeError(f"cannot write {where}: {problem}: {fix}, then continue with resume=true from the "
+                                "last checkpoint") from None
+
+    def _tensorboard(self) -> tracking.RunEvents | None:
+        return next((t for t in self.trackers if isinstance(t, tracking.RunEvents)), None)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        if self.writer:
-            with self._reported():
-                for tag, value in values.items():
-                    self.writer.add_scalar(tag, value, step)
+        """``values`` at ``step`` to every tracker (what ``Accelerator.log`` does, each tracker's failure named)."""
+        if not self.enabled:
+            return
+        for tracker in list(self.trackers):
+            with self._reported(tracker):
+                tracker.log(values, step=step)
 
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
-        if self.writer:
-            with self._reported():
-                self.writer.add_histogram(tag, values.detach().float().cpu(), step)
+        tb = self._tensorboard()
+        if tb:
+            with self._reported(tb):
+                tb.writer.add_histogram(tag, values.detach().float().cpu(), step)
 
     def grid(self, tag: str, images: torch.Tensor, step: int, nrow: int) -> None:
         """Images in [0, 1], ``[N, C, H, W]``, as one grid image."""
-        if self.writer:
-            with self._reported():
-                self.writer.add_image(tag, make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow), step)
+        tb = self._tensorboard()
+        if tb:
+            with self._reported(tb):
+                tb.writer.add_image(tag, make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow), step)
+
+    def end_session(self) -> None:
+        """Training ended (not failed): TensorBoard's HParams session says so."""
+        tb = self._tensorboard()
+        if tb:
+            with self._reported(tb):
+                tb.end_session()
 
     def progress(self, step: int, seconds: float, postfix: dict[str, str]) -> None:
         """Where training stands: ``step`` optimizer steps after ``seconds`` of training."""
@@ -73,16 +108,29 @@ class Monitor:
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.refresh()
 
-    def write(self, message: str) -> None:
+    def info(self, message: str) -> None:
         if self.enabled:
-            self.bar.write(message)
+            log.info(message)
+
+    def warn(self, message: str) -> None:
+        if self.enabled:
+            log.warning(message)
 
     def close(self) -> None:
+        """Close the bar and finish every tracker (the first failure raised after all are finished); they are
+        finished here, with failures named, so ``Accelerator.end_training`` finds none left."""
         self.bar.close()
-        if self.writer:
-            with self._reported():
-                self.writer.close()
-            self.writer = None
+        trackers, self.trackers = self.trackers, []
+        failure: VaeforgeError | None = None
+        for tracker in trackers:
+            try:
+                with self._reported(tracker):
+                    tracker.finish()
+            except VaeforgeError as exc:
+                failure = failure or exc
+        self.acc.trackers.clear()
+        if failure is not None:
+            raise failure
 
 
 def _quiet_tensorboard_threads() -> None:

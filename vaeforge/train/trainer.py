@@ -36,6 +36,7 @@ from ..runs import checkpoints as ckpt
 from ..runs import folder as run_folder
 from . import distributed as dist
 from . import speed as speeds
+from . import tracking
 from .builders import Owned, TrainModule, adamw, build_train_module, take_owned, to_float
 from .callbacks import Callback, Callbacks, default_callbacks
 from .checkpointing import CheckpointManager
@@ -58,14 +59,15 @@ class Trainer:
         launch = dist.Launch.from_env()
         precision = dist.resolve_precision(t.mixed_precision, launch)
         dist.check_launch(launch, precision)
-        self.acc = dist.make_accelerator(precision, t.grad_accum, launch)
+        self.run_dir = Path(self.opts.run_dir)
+        self.acc = dist.make_accelerator(precision, t.grad_accum, launch, self.run_dir,
+                                         tracking.log_with(t.log_with, self.run_dir))
         dist.check_setup(self.acc, launch, precision)
         self.zero_stage = dist.zero_stage(self.acc)  # None without DeepSpeed
         self.speed = speeds.resolve(t, precision, self.zero_stage)
         if self.acc.device.type == "cuda":  # training shapes are fixed: cuDNN times its algorithms once per shape
             torch.backends.cudnn.benchmark = True
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
-        self.run_dir = Path(self.opts.run_dir)
         self._lock_run_dir()
         run_folder.refuse_overwrite(self.run_dir, self.opts.resume)
         self.manifest = read_manifest(self.opts.data.shards, self.opts.data.manifest)
@@ -81,6 +83,7 @@ class Trainer:
     def _check(opts: RunConfig) -> None:
         check_values(opts)  # a config built in Python, not through the command line, is checked here too
         check_corruption(opts.data.corruption)
+        tracking.check_trackers(opts.trainer.log_with)
 
     def _build(self) -> None:
         """Model, loss terms, optimizer groups, EMA, evaluator and checkpoint manager; Accelerate wraps the
@@ -149,7 +152,7 @@ class Trainer:
     def _resume_or_start(self) -> None:
         latest, ignored = self.checkpoints.latest(), ckpt.scan(self.run_dir)[1]
         if ignored:
-            self.monitor.write(f"warning: ignored in {self.run_dir / ckpt.CHECKPOINTS}: {'; '.join(ignored)}")
+            self.monitor.warn(f"ignored in {self.run_dir / ckpt.CHECKPOINTS}: {'; '.join(ignored)}")
         setup = self._describe_run()
         if self.acc.is_main_process:
             ckpt.remove_partial(self.run_dir)
@@ -157,13 +160,13 @@ class Trainer:
         self.acc.wait_for_everyone()
         if latest is None:
             if self.opts.resume:
-                self.monitor.write(f"resume=true but {self.run_dir} has no checkpoint yet: starting fresh")
+                self.monitor.info(f"resume=true but {self.run_dir} has no checkpoint yet: starting fresh")
             set_seed(self.opts.trainer.seed + self.rank)  # different noise and dropout per rank
             return
         self.state = self.checkpoints.load(latest, self.architecture)
         for group in self.groups.owned:
             group.skipped = self.state.owned_nonfinite_skipped.get(group.name, 0)
-        self.monitor.write(f"resumed from {latest} (step {self.state.step}, epoch {self.state.epoch})")
+        self.monitor.info(f"resumed from {latest} (step {self.state.step}, epoch {self.state.epoch})")
 
     def _whole_copy(self) -> TrainModule:
         """A plain module holding the current whole fp32 weights, owned modules included (DeepSpeed;
@@ -211,23 +214,25 @@ class Trainer:
     def fit(self) -> ckpt.TrainerState:
         """Train; returns the final state. Ends with a checkpoint, so ``resume=true`` always continues."""
         t = self.opts.trainer
-        self.monitor = Monitor(self.run_dir, self.acc.is_main_process, t.max_steps, t.time_budget, t.progress)
+        self.monitor = Monitor(self.acc, self.run_dir, OmegaConf.to_container(self.cfg, resolve=True), t.max_steps,
+                               t.time_budget, t.progress)
         warning = dist.precision_warning(self.acc.mixed_precision)
         if warning:
-            self.monitor.write(f"warning: {warning}")
+            self.monitor.warn(warning)
         self._resume_or_start()
         self.monitor.progress(self.state.step, self.state.train_seconds, {})
         if t.retain_freed_memory:
             retain_freed_memory()
         self.callbacks.on_train_start(self)
         if t.time_budget is not None and self.state.train_seconds >= t.time_budget:
-            self.monitor.write(f"trainer.time_budget={t.time_budget:g} s is used up ({self.state.train_seconds:.0f} s "
+            self.monitor.info(f"trainer.time_budget={t.time_budget:g} s is used up ({self.state.train_seconds:.0f} s "
                                "trained): nothing to train; pass a larger trainer.time_budget to continue")
         else:
             with _sigterm_stops(self), frozen_heap():
                 self._loop()
         self.save()
         self.callbacks.on_train_end(self)
+        self.monitor.end_session()
         self.monitor.close()
         return self.state
 
@@ -253,7 +258,7 @@ class Trainer:
             if t.max_time is not None and time.monotonic() - start >= t.max_time:
                 self.request_stop("time limit")
             if dist.any_rank(self.acc, bool(self._stop_reason)):  # collective: every rank stops at this step
-                self.monitor.write(f"stopping at step {s.step} ({self._stop_reason or 'another rank'})")
+                self.monitor.info(f"stopping at step {s.step} ({self._stop_reason or 'another rank'})")
                 return
 
     def _count_skips(self, result: StepResult, bad_in_a_row: int) -> int:

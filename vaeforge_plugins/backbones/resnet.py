@@ -23,7 +23,8 @@ from timm.layers import GroupNorm
 from timm.models.resnet import BasicBlock
 from torch import nn
 
-from vaeforge.api import BackboneParts, ConfigError, DataError, ImageSpec, register_backbone
+from vaeforge.api import (HEADS, BackboneParts, ConfigError, DataError, ImageSpec, choice, register_backbone,
+                          upsampling_head)
 
 
 @dataclass
@@ -32,6 +33,7 @@ class ResNetConfig:
     pretrained_file: str = ""  # safetensors weights of the timm model; empty: random init
     decoder_blocks: int = 1  # BasicBlocks per decoder stage
     groups: int = 8  # GroupNorm groups in the decoder (reduced for narrow layers)
+    head: str = choice("pixel_shuffle", HEADS)  # last upsampling, see vaeforge.api.upsampling_head; the default (runs from before the option) draws a checkerboard, recipes use icnr_blur
 
 
 class LastFeatures(nn.Module):
@@ -93,7 +95,7 @@ def _decoder(cfg: ResNetConfig, image: ImageSpec, latent_dim: int, info, deepest
              ) -> nn.Sequential:
     """Mirror of the encoder: at each stride the encoder's width, deepest first; then the stem's mirror back to
     full resolution: one convolution to ``channels x r x r`` values per position, rearranged into r x r pixels
-    (pixel shuffle), so nothing runs at full resolution, where convolutions cost the most."""
+    (pixel shuffle, ``head``), so nothing runs at full resolution, where convolutions cost the most."""
     channels, reductions = info.channels(), info.reduction()
     c, h, w = deepest
     layers: list[nn.Module] = [nn.Linear(latent_dim, c * h * w), nn.Unflatten(1, (c, h, w))]
@@ -102,7 +104,7 @@ def _decoder(cfg: ResNetConfig, image: ImageSpec, latent_dim: int, info, deepest
         c = width
     r = reductions[0]
     layers += [GroupNorm(c, num_groups=math.gcd(cfg.groups, c)), nn.SiLU(),
-               nn.Conv2d(c, image.channels * r * r, 3, padding=1), nn.PixelShuffle(r)]
+               *upsampling_head(c, image.channels, r, cfg.head)]
     return nn.Sequential(*layers)
 
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from vaeforge.api import BackboneParts, ConfigError, ImageSpec, at_least, choice, register_backbone
+from vaeforge.api import (HEADS, BackboneParts, ConfigError, ImageSpec, at_least, choice, register_backbone,
+                          upsampling_head)
 
 
 @dataclass
@@ -21,6 +22,7 @@ class UNetConfig:
     groups: int = 8  # GroupNorm groups (reduced for narrow layers)
     attention: list[int] = field(default_factory=list)  # feature-map sizes (e.g. [8, 4]) that get self-attention
     attention_heads: int = 4  # reduced until it divides the stage's width
+    head: str = choice("pixel_shuffle", HEADS)  # last upsampling (stem > 1), see vaeforge.api.upsampling_head; the default (runs from before the option) draws a checkerboard, recipes use icnr_blur
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -104,6 +106,5 @@ def build(cfg: UNetConfig, image: ImageSpec, latent_dim: int) -> BackboneParts:
         size *= 2
         dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, w, 3, padding=1), *_blocks(w, w, cfg, size)]
         c = w
-    head = [nn.Conv2d(c, image.channels * s * s, 3, padding=1), nn.PixelShuffle(s)]  # s=1: a plain 3x3 conv
-    dec += [_norm(c, g), nn.SiLU(), *head]
+    dec += [_norm(c, g), nn.SiLU(), *upsampling_head(c, image.channels, s, cfg.head)]
     return BackboneParts(nn.Sequential(*enc), nn.Sequential(*dec), feature_dim)

@@ -1,4 +1,4 @@
-"""``perceptual``: LPIPS v0.1 (AlexNet or VGG16) between the reconstruction and the clean target.
+"""``perceptual``: LPIPS v0.1 (AlexNet, VGG16 or SqueezeNet 1.1) between the reconstruction and the clean target.
 
 Scale: LPIPS is a per-image distance (about 0.1-0.5 for VAE reconstructions). ``reduction=sum`` (default)
 multiplies it by the number of values in the image (C x H x W), i.e. LPIPS counted at every pixel as in
@@ -23,7 +23,7 @@ import torch
 from vaeforge.api import LPIPS, LossTerm, LossValue, VAEOutput, above, choice, register_loss
 
 REDUCTIONS = ("sum", "mean")
-NETS = ("alex", "vgg")
+NETS = ("alex", "vgg", "squeeze")
 
 
 @dataclass

@@ -1,6 +1,10 @@
 """``evaluate``: one metrics JSON for a run, on the val split (offline: no downloads).
 
 - reconstruction (posterior mean) vs input: PSNR, SSIM, LPIPS-AlexNet;
+- checkerboard: the power of the period-2 frequencies (``checkerboard_power``) of the reconstructions
+  (``checkerboard_recon``) and of each sampler's samples (``checkerboard_<sampler>``, e.g. ``checkerboard_prior``),
+  each as a ratio to that of the val images themselves: a decoder that prints a mesh on its faces scores well
+  above 1 (blur lowers it);
 - KL(q(z|x) || N(0, I)) per image (nats) and the active latent units;
 - samples: Frechet distance between ``samples`` samples and the val images on AlexNet features (mean-pooled
   conv5 activations of the LPIPS AlexNet trunk), per sampler of ``samplers``: ``fd_alexnet`` for N(0, I)
@@ -18,7 +22,8 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +34,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from vaeforge.api import (LPIPS, STANDARD_NORMAL, TRAIN, VAL, AttributeClassifier, ConfigError, DataError, TaskContext,
-                          active_units, find_lpips_weights, frechet_distance, has_attribute, kl_per_dim, psnr,
-                          register_task, check_sampler, ssim, at_least)
+                          active_units, checkerboard_power, find_lpips_weights, frechet_distance, has_attribute,
+                          kl_per_dim, progress_bar, psnr, register_task, check_sampler, ssim, at_least)
 
 BATCH = 128
 INCEPTION_SIZE = 299
@@ -81,13 +86,18 @@ def lpips_distance(lpips: LPIPS, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
     return torch.cat([lpips(a, b) for a, b in zip(x.split(BATCH), y.split(BATCH))])
 
 
+def checkerboard(images: torch.Tensor, real: torch.Tensor) -> float:
+    """Checkerboard power of ``images`` as a ratio to that of the ``real`` images (1: as much as photos have)."""
+    return round(checkerboard_power(images) / checkerboard_power(real), 4)
+
+
 def reconstruction_metrics(ctx: TaskContext, lpips: LPIPS, x: torch.Tensor) -> dict:
-    """PSNR / SSIM / LPIPS of the reconstructions, KL per image and active units."""
+    """PSNR / SSIM / LPIPS / checkerboard ratio of the reconstructions, KL per image and active units."""
     mu, logvar = ctx.model.encode(x)
     recon = ctx.model.decode(mu).cpu()
     kl = kl_per_dim(mu, logvar).cpu()
     return {"psnr": mean(psnr(recon, x)), "ssim": mean(ssim(recon, x)), "lpips": mean(lpips_distance(lpips, recon, x)),
-            "kl": mean(kl.sum(1)), "active_units": active_units(kl),
+            "checkerboard_recon": checkerboard(recon, x), "kl": mean(kl.sum(1)), "active_units": active_units(kl),
             "latent_dim": ctx.model.latent_dim}
 
 
@@ -123,23 +133,27 @@ def inception_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([net(nn.functional.interpolate(c, size=size, mode="bilinear") * 2 - 1) for c in x.split(32)])
 
 
-def sample_metrics(ctx: TaskContext, cfg: EvaluateConfig, lpips: LPIPS, net: nn.Module | None, x: torch.Tensor
-                   ) -> dict:
-    """Samples vs val images: the Frechet distance on AlexNet conv5 features per sampler (each sampler's first 64
-    samples saved as a grid), and FID of the N(0, I) samples with an Inception net."""
+def sample_metrics(ctx: TaskContext, cfg: EvaluateConfig, lpips: LPIPS, net: nn.Module | None, x: torch.Tensor,
+                   shown: Any) -> dict:
+    """Samples vs val images: the Frechet distance on AlexNet conv5 features and the checkerboard ratio per sampler
+    (each sampler's first 64 samples saved as a grid), and FID of the N(0, I) samples with an Inception net."""
     real = conv5(lpips, x)
     result: dict[str, Any] = {"samples": cfg.samples, "temperature": cfg.temperature, "samplers": {}}
     for name in cfg.samplers:
-        sampler = ctx.model.sampler(name, cfg.prior_args.get(name), cfg.prior_train_limit)
-        fake = ctx.model.decode(sampler.sample(cfg.samples, ctx.generator(), cfg.temperature)).cpu()
-        suffix = "" if name == STANDARD_NORMAL else f"_{name}"
-        ctx.save_grid(f"samples{suffix}.png", fake[:64], nrow=8)
-        result[f"fd_alexnet{suffix}"] = round(frechet_distance(conv5(lpips, fake), real), 4)
-        result["samplers"][name] = {"fd_alexnet": result[f"fd_alexnet{suffix}"], **sampler.describe()}
+        with stage(shown, f"samples of {name}"):
+            sampler = ctx.model.sampler(name, cfg.prior_args.get(name), cfg.prior_train_limit)
+            fake = ctx.model.decode(sampler.sample(cfg.samples, ctx.generator(), cfg.temperature)).cpu()
+            suffix = "" if name == STANDARD_NORMAL else f"_{name}"
+            ctx.save_grid(f"samples{suffix}.png", fake[:64], nrow=8)
+            result[f"fd_alexnet{suffix}"] = round(frechet_distance(conv5(lpips, fake), real), 4)
+            result[f"checkerboard_{name}"] = checkerboard(fake, x)
+            result["samplers"][name] = {"fd_alexnet": result[f"fd_alexnet{suffix}"],
+                                        "checkerboard": result[f"checkerboard_{name}"], **sampler.describe()}
     if net is None:
         return {**result, "fid": None, "fid_note": NO_FID}
-    fake = ctx.model.sample(cfg.samples, cfg.temperature, ctx.generator(), sampler=STANDARD_NORMAL).cpu()
-    fid = frechet_distance(inception_features(net, fake), inception_features(net, x))
+    with stage(shown, "FID"):
+        fake = ctx.model.sample(cfg.samples, cfg.temperature, ctx.generator(), sampler=STANDARD_NORMAL).cpu()
+        fid = frechet_distance(inception_features(net, fake), inception_features(net, x))
     return {**result, "fid": round(fid, 4),
             "fid_note": f"torchvision InceptionV3 pool features, weights {cfg.inception_weights}, images resized "
                         f"to {INCEPTION_SIZE}; {cfg.samples} N(0, I) samples vs {len(x)} val images"}
@@ -150,7 +164,9 @@ def attribute_classifier(ctx: TaskContext, cfg: EvaluateConfig, lpips: LPIPS, ki
     """P(attribute) from LPIPS-AlexNet features, fitted on the labelled training photos and their reconstructions;
     returns it and the number of training images."""
     feats, targets = [], []
-    for batch in ctx.labelled(TRAIN, cfg.attribute, cfg.train_limit, BATCH):
+    batches = progress_bar(ctx.labelled(TRAIN, cfg.attribute, cfg.train_limit, BATCH),
+                           f"classifier features of images labelled {cfg.attribute}", unit="batch")
+    for batch in batches:
         y = has_attribute(batch.values, kind)
         feats += [all_taps(lpips, batch.images), all_taps(lpips, ctx.model.reconstruct(batch.images).cpu())]
         targets += [y, y]
@@ -228,8 +244,23 @@ def evaluate(ctx: TaskContext, cfg: EvaluateConfig) -> dict:
         raise ConfigError(f"evaluate: prior_args.{name} is for a sampler not scored (samplers={cfg.samplers})")
     lpips = LPIPS("alex", find_lpips_weights("alex", cfg.lpips_weights or None))
     net = inception(cfg.inception_weights) if cfg.inception_weights else None
-    val = ctx.split(VAL, ctx.limit)
-    x = torch.stack([s.image for s in val])
-    return {"output": str(ctx.output), "files": 1, "split": VAL, "images": len(val),
-            **reconstruction_metrics(ctx, lpips, x), **sample_metrics(ctx, cfg, lpips, net, x),
-            "edit": edit_metrics(ctx, cfg, lpips, val) if cfg.attribute else None}
+    stages = 1 + len(cfg.samplers) + (net is not None) + bool(cfg.attribute)
+    with progress_bar(desc="evaluate", total=stages, unit="stage") as shown:
+        with stage(shown, "reconstructions"):
+            val = ctx.split(VAL, ctx.limit)
+            x = torch.stack([s.image for s in val])
+            recon = reconstruction_metrics(ctx, lpips, x)
+        samples = sample_metrics(ctx, cfg, lpips, net, x, shown)
+        edit = None
+        if cfg.attribute:
+            with stage(shown, f"edits along {cfg.attribute}"):
+                edit = edit_metrics(ctx, cfg, lpips, val)
+    return {"output": str(ctx.output), "files": 1, "split": VAL, "images": len(val), **recon, **samples, "edit": edit}
+
+
+@contextmanager
+def stage(shown: Any, name: str) -> Iterator[None]:
+    """One step of the evaluate bar: its name beside the bar while it runs."""
+    shown.set_postfix_str(name)
+    yield
+    shown.update()

@@ -1,18 +1,33 @@
-"""The fault suite's tally: every fault test records what it injected and what survived; the summary lines are
-printed at the end of the run (they must say 0 data items lost and all resumes intact; for hostile inputs, all
-refused in one line, nothing written outside its folder, no file content echoed)."""
+"""The fault suite's tally, a pytest plugin (tests/conftest.py loads it): every fault test records what it
+injected and what survived; the summary lines are printed at the end of the run (they must say 0 data items lost
+and all resumes intact; for hostile inputs, all refused in one line, nothing written outside its folder, no file
+content echoed).
+
+A test's counts travel in its teardown report (``user_properties``), so the summary adds up the tests of every
+pytest-xdist worker in the process that prints it."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 
-TALLY: Counter = Counter()
+TALLY: Counter = Counter()  # the whole run's counts, in the process that prints the summary
+PROPERTY = "fault_tally"
 
 
 @pytest.fixture()
-def tally() -> Counter:
-    return TALLY
+def tally(request: pytest.FixtureRequest) -> Iterator[Counter]:
+    counts: Counter = Counter()
+    yield counts
+    request.node.user_properties.append((PROPERTY, dict(counts)))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for name, counts in report.user_properties if report.when == "teardown" else ():
+        if name == PROPERTY:
+            for key, value in counts.items():
+                TALLY[key] = max(TALLY[key], value) if key.startswith("slowest") else TALLY[key] + value
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest hook

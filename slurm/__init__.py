@@ -1,0 +1,1 @@
+"""Built-in SLURM cluster profiles: YAML files shipped with the package (``slurm=NAME``)."""
