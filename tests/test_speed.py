@@ -2,7 +2,6 @@
 train like eager, resume bit-exactly, write plain checkpoints and load in ``vaeforge.load`` without the options."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -18,11 +17,18 @@ from vaeforge.errors import ConfigError
 from vaeforge.runs.checkpoints import state_digest
 from vaeforge.train import speed as speeds
 
-STEPS, HALF = 10, 5
-# train/loss of a channels-last or compiled run against eager's at every logged step (fp32, the same data and
-# noise): other kernels sum in another order, and the differences grow with the steps.
-LOSS_RTOL = 2e-3
-RECON_ATOL = 1e-3  # pixels in [0, 1] of the loaded model's reconstructions against the eager run's
+STEPS, HALF = 6, 3
+PARTS = ("model", "ema", "owned_adv.discriminator")
+# TINY with the adversarial plugin from the first step (its discriminator: an owned module with its own optimizer)
+RUN = [*TINY, "losses.adv.name=adversarial", "losses.adv.weight=0.5", "losses.adv.args.disc_width=8",
+       "losses.adv.args.start=0", f"trainer.checkpoint_every={HALF}", "trainer.log_every=1", "trainer.val_every=0",
+       "trainer.image_every=0"]
+# train/loss of a channels-last or compiled run against eager's (fp32, the same data and noise). The first step's
+# weights are the same: only the kernels' order of summation differs. After it, Adam's first updates amplify
+# differences in near-zero gradients and the adversarial term's adaptive weight (a ratio of gradient norms, ~300-500
+# here) amplifies them further: 2.5e-3 measured for the compiled run at step 6, 1e-7 for channels-last.
+FIRST_RTOL, LOSS_RTOL = 1e-5, 5e-3
+RECON_RTOL = 0.01  # the loaded model's reconstruction MSE on val faces against the eager run's
 
 
 @pytest.mark.parametrize("kind, precision", sorted(speeds.AUTO))
@@ -66,15 +72,15 @@ def checkpoint(run_dir: Path, step: int) -> Path:
 
 
 def weights(run_dir: Path, step: int) -> dict[str, dict[str, torch.Tensor]]:
-    return {part: load_file(str(checkpoint(run_dir, step) / f"{part}.safetensors")) for part in ("model", "ema")}
+    return {part: load_file(str(checkpoint(run_dir, step) / f"{part}.safetensors")) for part in PARTS}
 
 
 @pytest.fixture(scope="module")
 def eager_run(lfw64: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """TINY trained STEPS steps eagerly in NCHW, checkpoints every HALF steps: the reference."""
+    """RUN trained STEPS steps eagerly in NCHW, checkpoints every HALF steps: the reference."""
     run_dir = tmp_path_factory.mktemp("eager") / "run"
-    train(*TINY, f"data.shards={lfw64}", f"run_dir={run_dir}", f"trainer.max_steps={STEPS}",
-          f"trainer.checkpoint_every={HALF}", "trainer.channels_last=off", "trainer.compile=off")
+    train(*RUN, f"data.shards={lfw64}", f"run_dir={run_dir}", f"trainer.max_steps={STEPS}",
+          "trainer.channels_last=off", "trainer.compile=off")
     return run_dir
 
 
@@ -82,7 +88,10 @@ def eager_run(lfw64: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                                      ["trainer.channels_last=off", "trainer.compile=on"]],
                          ids=["channels_last", "compiled"])
 def test_a_run_trains_like_eager_resumes_exactly_and_loads_plain(options, eager_run, lfw64, tmp_path):
-    args = [*TINY, f"data.shards={lfw64}", f"trainer.checkpoint_every={HALF}", *options]
+    """The model, its loss terms and the adversarial plugin's discriminator (an owned module, with the adaptive
+    weight's extra backward) laid out or compiled: losses within LOSS_RTOL of eager, a run resumed at HALF ends
+    bit-exactly where the straight one does, and the checkpoints hold eager's names and shapes."""
+    args = [*RUN, f"data.shards={lfw64}", *options]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(*args, f"run_dir={straight}", f"trainer.max_steps={STEPS}")
     shutil.copytree(straight, resumed)
@@ -92,7 +101,8 @@ def test_a_run_trains_like_eager_resumes_exactly_and_loads_plain(options, eager_
     reference, got = losses(eager_run), losses(straight)
     assert got.keys() == reference.keys()
     for step, value in got.items():
-        assert value == pytest.approx(reference[step], rel=LOSS_RTOL), (step, value, reference[step])
+        rtol = FIRST_RTOL if step == 1 else LOSS_RTOL
+        assert value == pytest.approx(reference[step], rel=rtol), (step, value, reference[step])
     expected = weights(eager_run, STEPS)
     trained = weights(straight, STEPS)
     for part in expected:  # plain names and shapes (no `_orig_mod.`), contiguous NCHW tensors in the files
@@ -100,26 +110,9 @@ def test_a_run_trains_like_eager_resumes_exactly_and_loads_plain(options, eager_
     again = weights(resumed, STEPS)
     assert {p: state_digest(w) for p, w in again.items()} == {p: state_digest(w) for p, w in trained.items()}
 
-    model = vaeforge.load(straight)  # built from the config alone: eager, NCHW
+    model = vaeforge.load(straight)  # built from the config alone: eager, NCHW, the checkpoint's EMA weights
     assert all(p.is_contiguous() for p in model.vae.parameters())
+    assert state_digest(model.vae.state_dict()) == state_digest(trained["ema"])
     x = torch.stack([s.image for s in model.samples("val", 8)])
-    torch.testing.assert_close(model.reconstruct(x), vaeforge.load(eager_run).reconstruct(x), rtol=0, atol=RECON_ATOL)
-
-
-def test_a_compiled_run_under_deepspeed_zero2_resumes_exactly(lfw64, tmp_path):
-    """ZeRO-2 keeps whole weights on every rank: the compiled modules train under it and resume to the
-    uninterrupted run's weights (2 processes)."""
-    from test_distributed import accelerate
-
-    args = [*TINY, f"data.shards={lfw64}", "trainer.compile=on", "trainer.checkpoint_every=2",
-            "trainer.audit_samples=true", "trainer.val_every=0", "trainer.image_every=0"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    accelerate("zero2", *args, f"run_dir={straight}", "trainer.max_steps=4")
-    shutil.copytree(straight, resumed)
-    shutil.rmtree(checkpoint(resumed, 4))
-    shutil.rmtree(resumed / "audit")  # written again by the resumed run
-    accelerate("zero2", *args, f"run_dir={resumed}", "trainer.max_steps=4", "resume=true")
-    info = json.loads((straight / "run.json").read_text())
-    assert info["deepspeed"]["zero_stage"] == 2 and info["compile"] == "default" and not info["channels_last"]
-    assert {(run / "audit" / f"params_rank{r}.txt").read_text() for run in (straight, resumed) for r in range(2)} \
-        == {(straight / "audit" / "params_rank0.txt").read_text()}
+    error, eager_error = (float(((m.reconstruct(x) - x) ** 2).mean()) for m in (model, vaeforge.load(eager_run)))
+    assert error == pytest.approx(eager_error, rel=RECON_RTOL)

@@ -95,9 +95,15 @@ def resolve(t: TrainerConfig, precision: str, zero_stage: int | None, kind: str 
 def prepare_layout(module: TrainModule, owned: list[Owned], speed: Speed) -> None:
     """Channels-last weights for the model, its loss terms and owned modules (before the EMA copies the model,
     so that the copy is laid out alike)."""
-    if speed.channels_last:
-        for m in (module, *(o.module for o in owned)):
-            m.to(memory_format=torch.channels_last)
+    if not speed.channels_last:
+        return
+    for m in (module, *(o.module for o in owned)):
+        for t in (*m.parameters(), *m.buffers()):
+            # a 4-D tensor that is contiguous in both layouts (size-1 dimensions: a depthwise kernel, a [1, C, 1, 1]
+            # shift) stays as it is: re-strided, it still counts as contiguous, and DDP's buffer broadcast then
+            # copies it onto a view of itself with other strides, which PyTorch refuses
+            if t.dim() == 4 and not t.is_contiguous(memory_format=torch.channels_last):
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
 
 
 def compile_modules(module: TrainModule, owned: list[Owned], speed: Speed) -> None:
