@@ -82,7 +82,7 @@ class TrainerConfig:
     audit_samples: bool = False  # write the keys of every training sample each rank saw to run_dir/audit/
     retain_freed_memory: bool = True  # glibc keeps memory freed by a step for the next (no page faults per step)
     channels_last: Union[bool, str] = switch("off")  # NHWC weights and images; auto: where measured faster (docs/benchmarks.md#utilisation)
-    compile: Union[bool, str] = switch("off")  # torch.compile the backbone, loss terms and owned modules; auto: where measured faster, runs of >= 2000 steps
+    compile: Union[bool, str] = switch("off")  # torch.compile the backbone, loss terms and owned modules; auto: where measured faster, runs of >= 10000 steps and 20 min
     compile_mode: str = choice("default", ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))  # torch.compile's mode (reduce-overhead: CUDA graphs)
 
 

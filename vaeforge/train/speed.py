@@ -24,19 +24,23 @@ from .builders import Owned, TrainModule
 from .distributed import native_bf16
 
 # What `auto` picks for lfw_unet, by device kind and precision: (channels_last, compile), from the interleaved
-# measurements in docs/benchmarks.md ("Utilisation"). A pair not listed gets neither.
+# measurements in docs/benchmarks.md ("Utilisation"; ratios of images/s to eager). A pair not listed gets neither.
 AUTO: dict[tuple[str, str], tuple[bool, bool]] = {
-    ("cpu", "no"): (True, True),  # AVX2-only CPU, fp32: 1.13x and 1.08x on the AVX2 EPYC (issue 23)
-    ("cpu_bf16", "bf16"): (True, True),  # AVX-512 BF16 / AMX Xeon, bf16 autocast: 1.11x together
-    ("cpu_bf16", "no"): (False, False),  # the same Xeon in fp32: neither gained (oneDNN is as fast in NCHW)
+    ("cpu", "no"): (True, True),  # AVX2-only EPYC, fp32: channels-last 1.13x, compiled 1.08x (issue 23)
+    # AVX-512 BF16 / AMX Xeon, bf16: channels-last 1.06x, both 1.08x: compiling adds ~1.6%, which would take
+    # hours to pay back its start-up
+    ("cpu_bf16", "bf16"): (True, False),
+    ("cpu_bf16", "no"): (True, True),  # the same Xeon in fp32: channels-last 1.05x, both 1.18x
     ("cuda", "bf16"): (True, True),  # not measured (no GPU): tensor-core convolutions are NHWC
     ("cuda", "fp16"): (True, True),
     ("cuda", "no"): (False, True),
 }
 # `auto` compiles only a run planned for at least this many optimizer steps (and, with a time limit, this many
-# seconds): compiling lfw_unet takes ~80 s with an empty cache on a 2-core CPU, more than a short run gains.
-COMPILE_MIN_STEPS = 2000
-COMPILE_MIN_SECONDS = 600.0
+# seconds): the run must pay back a compile with an empty cache. lfw_unet in fp32 on the 2-core Xeon: 90 s cold
+# (5 s warm) against a gain of ~13% over channels-last alone: paid after ~90 * 1.13 / 0.13 = ~800 s of training
+# (docs/benchmarks.md, "Utilisation").
+COMPILE_MIN_STEPS = 10_000
+COMPILE_MIN_SECONDS = 1200.0
 
 
 @dataclass(frozen=True)
