@@ -2,11 +2,13 @@
 loss and threads, measured in one run; plus the data-wait fraction and peak memory of the training process.
 
     python benchmarks/overhead.py --data data/lfw64 [--recipe lfw_unet] [--steps 60] [--threads 2] [--rounds 15]
+        [--set trainer.channels_last=on trainer.compile=on ...]
 
 The bare loop trains on batches decoded into memory beforehand (no loader at all), so the ratio charges the
 engine with everything it adds: streaming and decoding, Accelerate, EMA, logging. Two designs, both printed:
 separate processes in alternating rounds, and both loops in one process in alternating blocks of steps (this
-machine's speed drifts by 10-20% over minutes; within a block pair it cancels).
+machine's speed drifts by 10-20% over minutes; within a block pair it cancels). ``--set`` overrides apply to both
+loops (the bare loop resolves precision, memory format and compilation from the same config as the engine).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from bare_step import BareStep
 from common import recipe_parser
 from memory import peak_rss_mb
+from vaeforge.cli.args import parse_overrides
 from vaeforge.config import load_config
 from vaeforge.data.stream import eval_batches
 from vaeforge.data.manifest import read_manifest, shard_paths
@@ -36,7 +39,7 @@ def engine_overrides(args: argparse.Namespace) -> list[str]:
     """Both designs: TensorBoard scalars every ``--warmup`` steps (more often than the recipes log; the separate-
     process design times the engine by them), no validation, grids or interim checkpoints, no lr warm-up."""
     return [f"trainer.log_every={args.warmup}", "trainer.val_every=0", "trainer.image_every=0",
-            "trainer.checkpoint_every=0", "trainer.progress=false", "optim.warmup_steps=0"]
+            "trainer.checkpoint_every=0", "trainer.progress=false", "optim.warmup_steps=0", *args.set]
 
 
 def preload(cfg, data: Path, count: int) -> list[torch.Tensor]:
@@ -77,7 +80,7 @@ def child(args: argparse.Namespace, flag: str) -> str:
     and threads); its standard output."""
     cmd = [sys.executable, __file__, flag, "--data", str(args.data), "--recipe", args.recipe, "--steps",
            str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads), "--blocks",
-           str(args.blocks), "--block", str(args.block)]
+           str(args.blocks), "--block", str(args.block), "--set", *args.set]
     return subprocess.run(cmd, check=True, capture_output=True, text=True, env=launch_env(args.threads)).stdout
 
 
@@ -107,33 +110,35 @@ def engine(args: argparse.Namespace, batch: int, workers: int) -> dict[str, floa
 
 class BareBlocks(Callback):
     """After every ``--block`` engine steps: the engine block's images/s, then a bare block on preloaded batches,
-    timed on its own (both appended to ``rates``)."""
+    timed on its own (both appended to ``rates``; ``*_busy``: on the process's CPU time x threads, which other
+    work on a shared machine distorts far less)."""
 
     def __init__(self, args: argparse.Namespace, batch: int, total: int, bare: BareStep,
                  batches: list[torch.Tensor], rates: dict[str, list[float]]) -> None:
         self.args, self.batch, self.total, self.bare, self.batches, self.rates = args, batch, total, bare, batches, rates
-        self.since = 0.0
+        self.since = self.since_cpu = 0.0
 
     def on_step_end(self, trainer, result) -> None:
         done, a = trainer.state.step, self.args
         if done < a.warmup or (done - a.warmup) % a.block:
             return
-        now = time.perf_counter()
+        now, now_cpu, images = time.perf_counter(), time.process_time(), a.block * self.batch
         if done > a.warmup:
-            self.rates["engine"].append(a.block * self.batch / (now - self.since))
+            self.rates["engine"].append(images / (now - self.since))
+            self.rates["engine_busy"].append(images * a.threads / (now_cpu - self.since_cpu))
         if done == self.total:
             return
-        for i, images in enumerate(self.batches):
-            self.bare.step(images, i)
-        self.rates["bare"].append(a.block * self.batch / (time.perf_counter() - now))
-        self.since = time.perf_counter()
+        for i, x in enumerate(self.batches):
+            self.bare.step(x, i)
+        self.rates["bare"].append(images / (time.perf_counter() - now))
+        self.rates["bare_busy"].append(images * a.threads / (time.process_time() - now_cpu))
+        self.since, self.since_cpu = time.perf_counter(), time.process_time()
 
 
 def interleaved(args: argparse.Namespace) -> dict[str, list[float]]:
     """Engine and bare loop in one process, alternating blocks of ``--block`` steps: the real ``Trainer.fit``
     (its loader decoding in-process, so that all of its data work is charged to it), and after each engine block
     a bare block on preloaded batches, timed on its own. Images/s per block of each."""
-    from vaeforge.cli.args import parse_overrides
     from vaeforge.train.__main__ import resolve_config
     from vaeforge.train.trainer import Trainer
 
@@ -147,7 +152,7 @@ def interleaved(args: argparse.Namespace) -> dict[str, list[float]]:
         bare = BareStep(cfg, int(read_manifest(args.data)["image_size"]))
         for i in range(args.warmup):
             bare.step(batches[i % args.block], i)
-        rates: dict[str, list[float]] = {"engine": [], "bare": []}
+        rates: dict[str, list[float]] = {"engine": [], "bare": [], "engine_busy": [], "bare_busy": []}
         trainer = Trainer(cfg, callbacks=[BareBlocks(args, batch, total, bare, batches, rates)])
         try:
             trainer.fit()
@@ -167,11 +172,12 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=36, help="engine/bare block pairs in the one-process design")
     parser.add_argument("--block", type=int, default=10, help="steps per block in the one-process design (one "
                         "TensorBoard log and one lfw_unet EMA update per 10 engine steps)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for both loops")
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)  # run the bare loop, print images/s
     parser.add_argument("--interleaved", action="store_true", help=argparse.SUPPRESS)  # run it, print JSON
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = load_config({"recipe": args.recipe})
+    cfg = load_config({"recipe": args.recipe, **parse_overrides(args.set)})
     if args.bare:
         batches = preload(cfg, args.data, args.steps + args.warmup)
         print(bare_loop(cfg, int(read_manifest(args.data)["image_size"]), batches, args.warmup))
@@ -205,6 +211,8 @@ def main() -> None:
     print("|---|---|---|")
     print(f"| bare PyTorch | {listed(blocks['bare'], 1)} | 1 |")
     print(f"| vaeforge.train | {listed(blocks['engine'], 1)} | {listed(ratio, 3, bold=True)} |")
+    busy = [e / b for e, b in zip(blocks["engine_busy"], blocks["bare_busy"])]
+    print(f"On CPU time (images per CPU-second x threads): engine / bare {listed(busy, 3, bold=True)}")
 
 if __name__ == "__main__":
     main()

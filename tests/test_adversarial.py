@@ -140,9 +140,10 @@ def test_training_starts_the_discriminator_on_time_and_resumes_bit_exactly(lfw64
 
 def test_two_processes_stay_replicated_and_resume_bit_exactly(lfw64, tmp_path):
     """DDP on 2 processes with the adaptive weight computed inside the model's forward: both replicas hold the
-    same weights (discriminator included), and a resumed run ends at the uninterrupted one's weights."""
+    same weights (discriminator included), and a resumed run ends at the uninterrupted one's weights. In the
+    channels-last memory format (model, loss terms, discriminator and inputs), which DDP supports."""
     common = [*RUN, f"data.shards={lfw64}", "losses.adv.args.start=1", "trainer.checkpoint_every=0",
-              "trainer.val_every=0"]
+              "trainer.val_every=0", "trainer.channels_last=on"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     launch(2, "vaeforge.train", *common, f"run_dir={straight}", "trainer.max_steps=6")
     launch(2, "vaeforge.train", *common, f"run_dir={resumed}", "trainer.max_steps=3")

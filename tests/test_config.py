@@ -88,6 +88,7 @@ def train_process(args: list[str]) -> tuple[int, str]:
     ("data.num_workers=-1", "data.num_workers must be >= 0, got -1"),
     ("optim.schedule=cosinus", "unknown optim.schedule 'cosinus' (valid: constant, cosine, linear; did you mean 'cosine'?)"),
     ("trainer.mixed_precision=bf61", "unknown trainer.mixed_precision 'bf61' (valid: auto, bf16, fp16, no; did you mean"),
+    ("trainer.compile=maybe", "unknown trainer.compile 'maybe' (valid: auto, off, on)"),
     ("losses.kl.args.beta=-1", "loss 'kl' (kl): beta must be >= 0, got -1"),
     ("losses.recon.args.kind=ms", "loss 'recon' (recon): unknown kind 'ms' (valid: bce, gaussian_nll, l1, mse; did you"),
     ("trainer.log_with=[tensorboard,mlfow]", "unknown trainer.log_with tracker 'mlfow' (valid: aim, clearml, comet_ml, "

@@ -18,6 +18,20 @@ from typing import Any
 from ..errors import ConfigError, unknown_choice
 
 CHOICES, LOW, HIGH, LOW_OPEN, NULL_OK = "choices", "low", "high", "low_open", "null_ok"
+SWITCHES = ("off", "on", "auto")  # the values of a switch field
+
+
+def switch(default: str) -> Any:
+    """An off / on / auto field (type ``Union[bool, str]``): YAML reads a bare ``off`` or ``on`` (and ``false``,
+    ``true``) as a boolean, which counts the same."""
+    return field(default=default, metadata={CHOICES: SWITCHES})
+
+
+def switch_value(value: bool | str) -> str:
+    """A switch field's value as one of off, on, auto."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return value
 
 
 def choice(default: str, choices: Sequence[str]) -> Any:
@@ -58,6 +72,7 @@ def check_field(key: str, value: Any, meta: Any, where: str = "") -> None:
     """Raise the one-line error (``where`` before it) when ``value`` is outside what the field's ``meta``
     declares."""
     if CHOICES in meta:
+        value = switch_value(value) if meta[CHOICES] == SWITCHES else value
         if value not in meta[CHOICES]:
             raise ConfigError(f"{where}{unknown_choice(key, value, meta[CHOICES])}")
         return

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from omegaconf import MISSING
 
 from ..data.corrupt import CorruptionConfig
-from .fields import above, at_least, between, choice
+from .fields import above, at_least, between, choice, switch
 
 ON_ERROR = ("raise", "skip")  # data.on_error
 SCHEDULES = ("constant", "cosine", "linear")  # optim.schedule
@@ -82,6 +82,9 @@ class TrainerConfig:
     progress: bool = True  # tqdm bar on rank 0
     audit_samples: bool = False  # write the keys of every training sample each rank saw to run_dir/audit/
     retain_freed_memory: bool = True  # glibc keeps memory freed by a step for the next (no page faults per step)
+    channels_last: Union[bool, str] = switch("off")  # NHWC weights and images; auto: where measured faster (docs/benchmarks.md#utilisation)
+    compile: Union[bool, str] = switch("off")  # torch.compile the backbone, loss terms and owned modules; auto: where measured faster, runs of >= 10000 steps and 20 min
+    compile_mode: str = choice("default", ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))  # torch.compile's mode (reduce-overhead: CUDA graphs)
 
 
 @dataclass

@@ -153,16 +153,17 @@ class ShardStream(IterableDataset):
             yield batch
 
 
-def train_loader(spec: StreamSpec, num_workers: int) -> DataLoader:
+def train_loader(spec: StreamSpec, num_workers: int, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over one rank's epoch; batches come out in a fixed order (round-robin over workers).
 
     It gets its own generator: drawing worker seeds from the global RNG would make a resumed run's random
-    stream differ from an uninterrupted one.
+    stream differ from an uninterrupted one. ``pin_memory`` (for a GPU) puts batches in page-locked memory,
+    from which a non-blocking copy to the device overlaps with compute.
     """
     generator = torch.Generator().manual_seed(hash((spec.seed, spec.epoch, spec.rank)) & 0x7FFFFFFF)
     return DataLoader(
         ShardStream(spec), batch_size=None, num_workers=num_workers, persistent_workers=False,
-        prefetch_factor=4 if num_workers else None, generator=generator,
+        prefetch_factor=4 if num_workers else None, generator=generator, pin_memory=pin_memory,
     )
 
 

@@ -45,7 +45,10 @@ class Blur(nn.Module):
                              persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
+        # edges replicated by concatenation, not F.pad(mode="replicate"): inductor's stride of that pad's backward
+        # disagrees with the kernel's on channels-last gradients, which stops a compiled run (torch 2.14)
+        x = torch.cat([x[:, :, :1], x, x[:, :, -1:]], 2)
+        x = torch.cat([x[..., :1], x, x[..., -1:]], 3)
         return nn.functional.conv2d(x, self.kernel.to(x.dtype), groups=x.shape[1])
 
 

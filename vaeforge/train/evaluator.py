@@ -17,6 +17,7 @@ from ..metrics import active_units, kl_per_dim, psnr
 from ..models.vae import VAE
 from .builders import TrainModule, to_float
 from .monitor import Monitor
+from .speed import eager
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Evaluator:
         return (self.ema.module if self.ema is not None else live.vae), live.losses
 
     @torch.no_grad()
+    @eager()
     def validate(self, step: int, monitor: Monitor) -> dict[str, float]:
         """Val loss with the training weighting at ``step``, PSNR of posterior-mean reconstructions, and KL per
         latent dim, summed over all ranks' shards (collective)."""
@@ -99,6 +101,7 @@ class Evaluator:
         return result
 
     @torch.no_grad()
+    @eager()
     def log_images(self, step: int, monitor: Monitor) -> None:
         """Reconstructions of the first val images and samples from fixed latents, as TensorBoard grids."""
         vae, _ = self.modules()

@@ -35,6 +35,7 @@ from ..models.objective import LossSet
 from ..runs import checkpoints as ckpt
 from ..runs import folder as run_folder
 from . import distributed as dist
+from . import speed as speeds
 from . import tracking
 from .builders import Owned, TrainModule, adamw, build_train_module, take_owned, to_float
 from .callbacks import Callback, Callbacks, default_callbacks
@@ -63,6 +64,9 @@ class Trainer:
                                          tracking.log_with(t.log_with, self.run_dir))
         dist.check_setup(self.acc, launch, precision)
         self.zero_stage = dist.zero_stage(self.acc)  # None without DeepSpeed
+        self.speed = speeds.resolve(t, precision, self.zero_stage)
+        if self.acc.device.type == "cuda":  # training shapes are fixed: cuDNN times its algorithms once per shape
+            torch.backends.cudnn.benchmark = True
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self._lock_run_dir()
         run_folder.refuse_overwrite(self.run_dir, self.opts.resume)
@@ -88,7 +92,9 @@ class Trainer:
         set_seed(t.seed)  # same initial weights on every rank
         module, owned = build_train_module(self.opts, self.image)
         dist.check_balanced_terms(self.zero_stage, module.losses.balanced_origins())
+        speeds.prepare_layout(module, owned, self.speed)
         self.ema = ModelEmaV3(module.vae, decay=t.ema_decay, use_warmup=True) if t.ema_decay > 0 else None
+        speeds.compile_modules(module, owned, self.speed)
         optimizer = adamw([p for p in module.parameters() if p.requires_grad], o.lr, o.betas, o.weight_decay)
         self.architecture = ckpt.architecture(module.vae.state_dict())
         if self.zero_stage is not None:
@@ -133,6 +139,7 @@ class Trainer:
         """What ``run.json`` records (collective: every rank reports its host and device)."""
         return {
             **dist.describe(self.acc),
+            **self.speed.describe(),
             "gradient_accumulation_steps": self.acc.gradient_accumulation_steps,
             "global_batch": self.opts.data.batch_size * self.world * self.opts.trainer.grad_accum,
             "batches_per_epoch_per_rank": self.batches_per_epoch,
@@ -180,14 +187,15 @@ class Trainer:
     def inputs(self, images: torch.Tensor, salt: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Clean targets and model inputs (corrupted for denoising, with noise that depends only on seed,
         rank and ``salt``, so a resumed run sees the same corruptions)."""
+        device, corruption = self.acc.device, self.opts.data.corruption
+        if corruption.kind == "none":  # uint8 to the device (a quarter of float's bytes), converted there
+            clean = speeds.laid_out(to_float(images.to(device, non_blocking=True)), self.speed)
+            return clean, clean
         clean = to_float(images)
-        noisy = clean
-        corruption = self.opts.data.corruption
-        if corruption.kind != "none":
-            gen = torch.Generator().manual_seed(hash((self.opts.trainer.seed, self.rank, salt)) & 0x7FFFFFFF)
-            noisy = corrupt(clean, corruption, gen)
-        device = self.acc.device
-        return clean.to(device, non_blocking=True), noisy.to(device, non_blocking=True)
+        gen = torch.Generator().manual_seed(hash((self.opts.trainer.seed, self.rank, salt)) & 0x7FFFFFFF)
+        noisy = corrupt(clean, corruption, gen)  # on the CPU, from a CPU generator: the same on any device
+        return (speeds.laid_out(clean.to(device, non_blocking=True), self.speed),
+                speeds.laid_out(noisy.to(device, non_blocking=True), self.speed))
 
     def batches(self) -> Iterator[dict[str, Any]]:
         """Training batches until ``trainer.max_steps``: each epoch's stream restarted, a resumed one replayed to
@@ -197,7 +205,7 @@ class Trainer:
             epoch = s.epoch
             spec = StreamSpec(tuple(self.train_shards), d.batch_size, self.batches_per_epoch, self.rank, self.world,
                               self.opts.trainer.seed, epoch, d.shuffle_buffer, self.image.size, d.on_error)
-            stream = iter(train_loader(spec, d.num_workers))
+            stream = iter(train_loader(spec, d.num_workers, pin_memory=self.acc.device.type == "cuda"))
             for _ in range(s.batch_in_epoch):  # replay this epoch's stream up to the resume point
                 next(stream)
             while s.epoch == epoch and s.step < self.opts.trainer.max_steps:
