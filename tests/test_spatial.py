@@ -118,7 +118,8 @@ def test_sampling_needs_a_prior_over_latent_tensors_then_uses_it(kl_run, tmp_pat
     assert default["prior_file"] == fitted["prior_file"]
 
     exported = vaeforge.from_pretrained(vaeforge.export(kl_run, tmp_path / "export"))
-    assert exported.latent_shape == (4, 8, 8)
+    assert exported.latent_shape == (4, 8, 8) and exported.info["latent_shape"] == [4, 8, 8]
+    assert "a 4x8x8 latent tensor" in (tmp_path / "export" / "README.md").read_text()
     latents = exported.sampler("auto", train_limit=FIT_LIMIT).sample(3)  # the exported prior: no refitting
     assert exported.decode(latents).shape == (3, 3, 64, 64)
     with pytest.raises(DataError, match="has latent tensors"):

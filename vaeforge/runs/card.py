@@ -43,7 +43,8 @@ def _about(info: dict[str, Any]) -> str:
     backbone = model["backbone"]
     return (f"# {source['run']}: a vaeforge VAE for {image['size']}x{image['size']} faces\n\n"
             f"A variational autoencoder trained with vaeforge on {info['data'].get('dataset', 'faces')}: backbone "
-            f"`{backbone['name']}` (`{json.dumps(backbone.get('args', {}))}`), {_latent(info)}, the {WEIGHTS_TEXT.get(info['weights'], info['weights'])} of checkpoint `{source['checkpoint']}` "
+            f"`{backbone['name']}` (`{json.dumps(backbone.get('args', {}))}`), {_latent(info)}, the "
+            f"{WEIGHTS_TEXT.get(info['weights'], info['weights'])} of checkpoint `{source['checkpoint']}` "
             f"(step {source['step']:,}, {source['images_seen']:,} training images seen, "
             f"{source['train_seconds']:,} s of training). Exported by vaeforge {info['vaeforge_version']}.")
 

@@ -79,8 +79,10 @@ def fitted_tensor_prior(model: LoadedVAE, args: dict[str, Any] | None, train_lim
             prior = load_prior(path)
             prior.reused = True
             return prior
-    how = (f"fit one with `vaeforge run task=sample run_dir={model.run_dir} sampler={names[0]}` (minutes on a CPU; "
-           f"priors over tensors: {', '.join(names)})" if names else "install a prior plugin that is not vector_only")
+    limit = f" train_limit={train_limit}" if train_limit else ""
+    how = (f"fit one with `vaeforge run task=sample run_dir={model.run_dir} sampler={names[0]}{limit}` (minutes on "
+           f"a CPU; priors over tensors: {', '.join(names)})" if names else "install a prior plugin that is not "
+           "vector_only")
     raise DataError(f"{model.run_dir} has latent tensors {list(model.latent_shape)}: sampler '{DEFAULT_SAMPLER}' "
                     f"samples them from a prior over latent tensors, and none is fitted on {source}: {how}, or "
                     f"name a sampler (sampler={STANDARD_NORMAL} is N(0, I))")
@@ -101,9 +103,10 @@ def prior_path(run_dir: Path, name: str, options: dict[str, Any], train_limit: i
 
 def run_sampler(model: LoadedVAE, name: str, args: dict[str, Any] | None = None, train_limit: int = 0,
                 progress: bool = True) -> StandardNormal | FittedPrior:
-    """Sampler ``name`` of a run: N(0, I) for ``prior``; for ``auto`` see the module; else the prior plugin with options ``args``, loaded from
-    the run folder when it was fitted with the same checkpoint, weights, options and ``train_limit`` (the training
-    images used, 0: all), otherwise fitted on those images' posterior means (showing progress) and saved."""
+    """Sampler ``name`` of a run: N(0, I) for ``prior``; for ``auto`` see the module; else the prior plugin with
+    options ``args``, loaded from the run folder when it was fitted with the same checkpoint, weights, options and
+    ``train_limit`` (the training images used, 0: all), otherwise fitted on those images' posterior means (showing
+    progress) and saved."""
     check_sampler(name)
     name = resolve_default(model, name)
     if name == DEFAULT_SAMPLER:

@@ -1,11 +1,12 @@
 """``sample``: n new faces decoded from random latents, as PNGs and one grid.
 
 ``sampler=prior`` draws z ~ N(0, temperature^2 I). Any other sampler is a prior plugin (``gmm``, ``flow``,
-``flow_matching``, ``conv_diffusion`` or a third party's) fitted on the posterior means of the training images: the latents the
-encoder really uses do not fill N(0, I), and prior samples that land between them decode to poor faces. A fitted
-prior is saved under ``run_dir/priors/`` and reused while the checkpoint and options (``prior_args``) stay the
-same. ``temperature`` scales the sampler's spread. The default, ``auto``, is ``flow`` for vector latents and, for
-the latent tensors of a spatial backbone, the prior over latent tensors fitted before (it refuses until one is).
+``flow_matching``, ``conv_diffusion`` or a third party's) fitted on the posterior means of the training images:
+the latents the encoder really uses do not fill N(0, I), and prior samples that land between them decode to poor
+faces. A fitted prior is saved under ``run_dir/priors/`` and reused while the checkpoint and options
+(``prior_args``) stay the same. ``temperature`` scales the sampler's spread. The default, ``auto``, is ``flow`` for
+vector latents and, for the latent tensors of a spatial backbone, the prior over latent tensors fitted before (it
+refuses until one is).
 """
 from __future__ import annotations
 
