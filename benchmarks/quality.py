@@ -3,7 +3,8 @@
 Each model trains for the same wall-clock budget with the same number of CPU threads, in its own process:
   lfw_unet, lfw_resnet    vaeforge's recipes through the real CLI with ``trainer.time_budget=<budget>`` (their
                           lr decays over the budget on whatever machine runs it; max_steps lifted); any other
-                          recipe name (e.g. lfw_unet_nll) may be added to ``--models``
+                          recipe name (e.g. lfw_unet_nll; lfw_kl_f8, whose latent tensors the GMM sees
+                          flattened) may be added to ``--models``
   pythae_celeba           pythae's VAE through pythae's own trainer, with its CelebA-64 benchmark conv networks
   pythae_baseline         pythae's VAE through pythae's own trainer, with the plain baseline's networks
   baseline                a plain PyTorch conv VAE: 4 stride-2 convs 32-64-128-256 + BatchNorm + LeakyReLU,
@@ -269,7 +270,7 @@ def evaluate(model: Trained, val: torch.Tensor, train: torch.Tensor, lpips: LPIP
         return torch.cat([to_8bit(model.decode(c)) for c in z.split(EVAL_BATCH)])
 
     mu = torch.cat([model.encode_mean(to_unit(chunk)) for chunk in train.split(EVAL_BATCH)])
-    prior = decode(torch.randn(samples, mu.shape[1], generator=torch.Generator().manual_seed(0)))  # its latent size
+    prior = decode(torch.randn(samples, *mu.shape[1:], generator=torch.Generator().manual_seed(0)))  # its latent shape
     mixture = fit_prior("gmm", {"components": GMM_COMPONENTS, "covariance": "full"}, mu, progress=False)
     mixed = decode(mixture.sample(samples, torch.Generator().manual_seed(0)))
     return {"psnr": float(psnr(recon, x).mean()), "ssim": float(ssim(recon, x).mean()),

@@ -38,7 +38,7 @@ def test_saved_config_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize("args, expected", [
-    ({"recipe": "lfw_unte"}, "unknown recipe 'lfw_unte' (valid: lfw_denoise, lfw_mlp, lfw_resnet"),
+    ({"recipe": "lfw_unte"}, "unknown recipe 'lfw_unte' (valid: lfw_denoise, lfw_kl_f4, lfw_kl_f8, lfw_mlp, lfw_resnet"),
     ({"recipe": "lfw_unte"}, "; did you mean 'lfw_unet'?)"),
     ({"recipe": "lfw_unet", "trainer.max_stepz": 3}, "did you mean 'max_steps'?"),
     ({"recipe": "lfw_unet", "trainr.max_steps": 3}, "did you mean 'trainer'?"),
@@ -69,7 +69,7 @@ def train_process(args: list[str]) -> tuple[int, str]:
                          ids=["in_process", "process"])
 @pytest.mark.parametrize("override, expected", [
     ("recipe=lfw_unte", "did you mean 'lfw_unet'?"),
-    ("model.backbone.name=unett", "unknown backbone plugin 'unett' (valid: mlp, resnet, unet; did you mean 'unet'?)"),
+    ("model.backbone.name=unett", "unknown backbone plugin 'unett' (valid: autoencoder_kl, mlp, resnet, unet; did you mean 'unet'?)"),
     ("losses.kl.name=kll", "unknown loss plugin 'kll'"),
     ("model.backbone.args.widthz=[1]", "did you mean 'widths'?"),
     ("losses.kl.args.beta=abc", "bad value for 'beta'"),

@@ -267,7 +267,8 @@ def test_a_term_with_weight_zero_is_switched_off(tmp_path, monkeypatch):
 
 # ----- recipes and real trainings ------------------------------------------------------------------------------
 @pytest.mark.usefixtures("lpips_weights")  # their perceptual term loads the shared weights
-@pytest.mark.parametrize("recipe, size", [("lfw_resnet", 64), ("lfw_unet_nll", 64), ("lfw_unet_128", 128)])
+@pytest.mark.parametrize("recipe, size", [("lfw_resnet", 64), ("lfw_unet_nll", 64), ("lfw_unet_128", 128),
+                                          ("lfw_kl_f8", 64), ("lfw_kl_f4", 64)])
 def test_recipes_build(recipe, size):
     cfg = load_config({"recipe": recipe})
     vae = build_model(cfg.model, ImageSpec(size))

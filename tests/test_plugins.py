@@ -16,6 +16,8 @@ def test_plugins_lists_builtins_with_kind_and_origin():
     assert {("backbone", "unet"), ("backbone", "mlp"), ("loss", "kl"), ("loss", "recon"),
             ("task", "reconstruct"), ("task", "sample")} <= rows
     assert "vaeforge 0.1.0 (vaeforge_plugins.backbones.unet)" in out
+    # a module another built-in imports keeps its own origin (unet: autoencoder_kl; flow_matching: conv_diffusion)
+    assert "vaeforge 0.1.0 (vaeforge_plugins.priors.flow_matching)" in out
 
 
 @pytest.fixture(scope="module")

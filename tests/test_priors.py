@@ -133,7 +133,7 @@ def test_unknown_sampler_is_a_did_you_mean(trained_run):
     proc = task("task=sample", f"run_dir={trained_run}", "sampler=flw", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].endswith(
-        "unknown sampler 'flw' (valid: flow, flow_matching, gmm, prior; did you mean 'flow'?)"), proc.stderr
+        "unknown sampler 'flw' (valid: auto, conv_diffusion, flow, flow_matching, gmm, prior; did you mean 'flow'?)"), proc.stderr
 
 
 def test_third_party_prior_is_a_sampler_of_the_sample_task(trained_run, tmp_path):

@@ -118,7 +118,7 @@ def test_sample_task_fits_saves_and_reuses_the_mixture(trained_run, tmp_path):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["sampler=gm"], "unknown sampler 'gm' (valid: flow, flow_matching, gmm, prior; did you mean 'gmm'?)"),
+    (["sampler=gm"], "unknown sampler 'gm' (valid: auto, conv_diffusion, flow, flow_matching, gmm, prior; did you mean 'gmm'?)"),
     (["sampler=gmm", "prior_args.covariance=diagonal"], "unknown covariance 'diagonal' (valid: diag, full"),
     (["sampler=gmm", "prior_args.components=0"], "prior 'gmm': components must be >= 1, got 0"),
     (["sampler=gmm", "prior_args.component=3"], "unknown key 'component' in prior 'gmm' (at top level: valid: "

@@ -8,8 +8,8 @@ import torch
 
 
 def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(q(z|x) || N(0, I)) of each latent dim for each sample, ``[B, D]``."""
-    mu, logvar = mu.float(), logvar.float()
+    """KL(q(z|x) || N(0, I)) of each latent dim for each sample, ``[B, D]`` (tensor latents flattened)."""
+    mu, logvar = mu.float().flatten(1), logvar.float().flatten(1)
     return 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)
 
 

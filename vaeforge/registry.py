@@ -112,10 +112,13 @@ class Registry:
 
     def _claim(self, module: str, origin: str, distribution: str, version: str) -> None:
         """Give an entry point's origin to the plugins its module registered when it was imported before
-        discovery (``from vaeforge_plugins.losses.adversarial import ...``), so a built-in stays built-in."""
+        discovery (``from vaeforge_plugins.losses.adversarial import ...``), so a built-in stays built-in, or while
+        another entry point of the same distribution was loading (a plugin module that imports a sibling's blocks),
+        so each is credited to its own module."""
         for plugins in self._plugins.values():
             for name, plugin in plugins.items():
-                if plugin.origin == UNKNOWN and getattr(plugin.target, "__module__", None) == module:
+                sibling = (plugin.distribution, plugin.version) == (distribution, version)
+                if (plugin.origin == UNKNOWN or sibling) and getattr(plugin.target, "__module__", None) == module:
                     plugins[name] = replace(plugin, origin=origin, distribution=distribution, version=version)
 
     def import_modules(self, modules: list[str]) -> None:

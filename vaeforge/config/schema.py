@@ -46,7 +46,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    latent_dim: int = at_least(1, 128)  # size of the vector latent z
+    latent_dim: int = at_least(1, 128)  # size of the vector latent z; for a spatial backbone (latent tensors z [c, h, w]) its channels c
     backbone: PluginSpec = field(default_factory=PluginSpec)
 
 

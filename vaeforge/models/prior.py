@@ -202,6 +202,11 @@ def fit_prior(name: str, args: dict[str, Any] | None, latents: torch.Tensor, sou
     return prior
 
 
+def prior_metadata(path: str | Path) -> dict[str, Any]:
+    """A saved prior's JSON description (plugin, options, latent_shape, source, ...); {} when it has none."""
+    return json.loads(read_tensors(path, "prior file")[0].get(META_KEY, "{}"))
+
+
 def load_prior(path: str | Path) -> FittedPrior:
     """A saved prior; a missing, foreign or tampered file is a DataError naming it."""
     meta, tensors = read_tensors(path, "prior file")

@@ -1,6 +1,12 @@
-"""The VAE: encoder backbone -> posterior head (mu, logvar) -> reparameterised z -> decoder backbone."""
+"""The VAE: encoder backbone -> posterior head (mu, logvar) -> reparameterised z -> decoder backbone.
+
+Latents are vectors ``[B, latent_dim]`` (the posterior head is a linear layer on the encoder's features) or, for a
+backbone that declares a ``latent_size`` (a spatial-latent autoencoder, latent-diffusion style), tensors
+``[B, latent_dim, s, s]`` (the head is a 1x1 convolution on the encoder's feature maps).
+"""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -24,11 +30,15 @@ class ImageSpec:
 @dataclass
 class BackboneParts:
     """What a backbone plugin builds: ``encoder`` maps images in [-1, 1] to ``[B, feature_dim]`` features;
-    ``decoder`` maps latents ``[B, latent_dim]`` to image logits ``[B, C, H, W]`` (sigmoid gives [0, 1])."""
+    ``decoder`` maps latents ``[B, latent_dim]`` to image logits ``[B, C, H, W]`` (sigmoid gives [0, 1]).
+
+    A spatial backbone sets ``latent_size`` s > 0: its encoder gives feature maps ``[B, feature_dim, s, s]`` and its
+    decoder takes latent tensors ``[B, latent_dim, s, s]`` (``latent_dim`` is then the latent channels)."""
 
     encoder: nn.Module
     decoder: nn.Module
     feature_dim: int
+    latent_size: int = 0  # 0: vector latents
 
 
 @dataclass
@@ -58,8 +68,12 @@ class VAE(nn.Module):
         super().__init__()
         self.encoder = parts.encoder
         self.decoder = parts.decoder
-        self.posterior = nn.Linear(parts.feature_dim, 2 * latent_dim)
-        self.latent_dim = latent_dim
+        s = parts.latent_size
+        self.posterior = (nn.Conv2d(parts.feature_dim, 2 * latent_dim, 1) if s
+                          else nn.Linear(parts.feature_dim, 2 * latent_dim))
+        self.latent_shape: tuple[int, ...] = (latent_dim, s, s) if s else (latent_dim,)
+        self.latent_dim = math.prod(self.latent_shape)  # latent dims in all (the vector's size, or c x s x s)
+        self.feature_shape = (parts.feature_dim, s, s) if s else (parts.feature_dim,)
         self.image = image
         # by name, not the tensor: a second reference would register the weight twice (and resolving it per
         # forward follows whatever replaces the parameter: EMA copies, DeepSpeed)
@@ -97,7 +111,7 @@ def build_model(model_cfg, image: ImageSpec) -> VAE:
     parts = plugin.target(args, image, int(model_cfg.latent_dim))
     where = f"backbone '{plugin.name}' ({plugin.origin})"
     if not isinstance(parts, BackboneParts):
-        raise PluginError(f"{where} must return BackboneParts(encoder, decoder, feature_dim), got "
+        raise PluginError(f"{where} must return BackboneParts(encoder, decoder, feature_dim[, latent_size]), got "
                           f"{type(parts).__name__}")
     vae = VAE(parts, int(model_cfg.latent_dim), image)
     check_shapes(vae, where)
@@ -113,8 +127,8 @@ def check_shapes(vae: VAE, where: str) -> None:
     vae.eval()
     try:
         features = vae.encoder(torch.zeros(batch, image.channels, image.size, image.size))
-        _expect(features, [batch, vae.posterior.in_features], f"{where}: encoder", "feature_dim")
-        logits = vae.decoder(torch.zeros(batch, vae.latent_dim))
+        _expect(features, [batch, *vae.feature_shape], f"{where}: encoder", "feature_dim (and latent_size)")
+        logits = vae.decoder(torch.zeros(batch, *vae.latent_shape))
         _expect(logits, [batch, image.channels, image.size, image.size], f"{where}: decoder",
                 "the image shape [B, channels, image_size, image_size]")
     finally:

@@ -32,13 +32,19 @@ def _code(text: str, language: str = "") -> str:
     return f"```{language}\n{text.rstrip()}\n```"
 
 
+def _latent(info: dict[str, Any]) -> str:
+    """'a 128-dimensional latent' or 'a 4x8x8 latent tensor' (exports from before latent_shape: a vector)."""
+    shape = info.get("latent_shape", [info["model"]["latent_dim"]])
+    return f"a {shape[0]}-dimensional latent" if len(shape) == 1 else f"a {'x'.join(map(str, shape))} latent tensor"
+
+
 def _about(info: dict[str, Any]) -> str:
     source, model, image = info["source"], info["model"], info["image"]
     backbone = model["backbone"]
     return (f"# {source['run']}: a vaeforge VAE for {image['size']}x{image['size']} faces\n\n"
             f"A variational autoencoder trained with vaeforge on {info['data'].get('dataset', 'faces')}: backbone "
-            f"`{backbone['name']}` (`{json.dumps(backbone.get('args', {}))}`), a {model['latent_dim']}-dimensional "
-            f"latent, the {WEIGHTS_TEXT.get(info['weights'], info['weights'])} of checkpoint `{source['checkpoint']}` "
+            f"`{backbone['name']}` (`{json.dumps(backbone.get('args', {}))}`), {_latent(info)}, the "
+            f"{WEIGHTS_TEXT.get(info['weights'], info['weights'])} of checkpoint `{source['checkpoint']}` "
             f"(step {source['step']:,}, {source['images_seen']:,} training images seen, "
             f"{source['train_seconds']:,} s of training). Exported by vaeforge {info['vaeforge_version']}.")
 

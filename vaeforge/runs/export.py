@@ -27,7 +27,7 @@ from ..cli.options import help_text, read_args
 from ..config.fields import choice
 from ..config.loader import validate_options
 from ..errors import CheckpointError, ConfigError
-from ..models.prior import META_KEY
+from ..models.prior import prior_metadata
 from ..registry import REGISTRY
 from ..tasks.attributes import VECTORS_DIR
 from . import checkpoints as ckpt
@@ -89,6 +89,7 @@ def export_info(model: LoadedVAE, fitted: bool = True) -> dict[str, Any]:
         "format": FORMAT, "format_version": FORMAT_VERSION, "vaeforge_version": __version__,
         "model": recipe["model"],
         "image": {"size": model.image_size, "channels": model.vae.image.channels},
+        "latent_shape": list(model.latent_shape),
         "weights": model.weights,
         "source": {"run": model.run_dir.resolve().name, "checkpoint": model.checkpoint.name, "step": state.step,
                    "images_seen": state.images_seen, "train_seconds": round(state.train_seconds, 1)},
@@ -125,8 +126,7 @@ def fitted_files(model: LoadedVAE) -> dict[str, list[dict[str, Any]]]:
     found: dict[str, list[dict[str, Any]]] = {PRIORS_DIR: [], VECTORS_DIR: []}
     for kind, entries in found.items():
         for path in sorted((model.run_dir / kind).glob("*.safetensors")):
-            meta = read_tensors(path, f"{kind} file")[0]
-            about = json.loads(meta.get(META_KEY, "{}")) if kind == PRIORS_DIR else dict(meta)
+            about = prior_metadata(path) if kind == PRIORS_DIR else dict(read_tensors(path, f"{kind} file")[0])
             if str(about.get("source", "")).startswith(made_with):
                 entries.append({"file": f"{kind}/{path.name}", **about})
     return found

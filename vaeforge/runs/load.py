@@ -54,7 +54,9 @@ def interpolate_latents(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor, mode:
 
 
 class LoadedVAE:
-    """A trained VAE in eval mode; every method takes and returns float images ``[B, 3, H, W]`` in [0, 1]."""
+    """A trained VAE in eval mode; every method takes and returns float images ``[B, 3, H, W]`` in [0, 1]. Latents
+    are ``[B, *latent_shape]``: vectors, or tensors ``[B, c, h, w]`` of a spatial backbone; the vector math on them
+    (interpolation, mixing, attribute directions) runs on them flattened."""
 
     def __init__(self, vae: VAE, run_dir: Path, config: Any, manifest: dict[str, Any], checkpoint: Path,
                  weights: str, shards: str | None = None) -> None:
@@ -66,7 +68,13 @@ class LoadedVAE:
 
     @property
     def latent_dim(self) -> int:
+        """Latent dims in all (a tensor latent's c x h x w)."""
         return self.vae.latent_dim
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """One latent's shape: ``(latent_dim,)``, or ``(c, h, w)`` for a spatial backbone."""
+        return self.vae.latent_shape
 
     @property
     def image_size(self) -> int:
@@ -87,13 +95,13 @@ class LoadedVAE:
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior ``(mean, logvar)``, each ``[B, latent_dim]``."""
+        """Posterior ``(mean, logvar)``, each ``[B, *latent_shape]``."""
         parts = [self.vae.encode(chunk.to(self.device)) for chunk in x.split(CHUNK)]
         return torch.cat([mu for mu, _ in parts]), torch.cat([logvar for _, logvar in parts])
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] for latents ``z`` ``[B, latent_dim]``."""
+        """Images in [0, 1] for latents ``z`` ``[B, *latent_shape]``."""
         return torch.cat([self.vae.decode(chunk.to(self.device)) for chunk in z.split(CHUNK)])
 
     @torch.no_grad()
@@ -108,7 +116,7 @@ class LoadedVAE:
 
     @torch.no_grad()
     def posterior_means(self, split: str, limit: int = 0) -> torch.Tensor:
-        """Posterior means ``[N, latent_dim]`` of the first ``limit`` images (0: all) of a split of the run's
+        """Posterior means ``[N, *latent_shape]`` of the first ``limit`` images (0: all) of a split of the run's
         dataset, in file order, on the CPU; kept, so that fitting several priors encodes the split once."""
         if (split, limit) not in self._means:
             count = self.manifest.get("splits", {}).get(split, {}).get("count")
@@ -118,7 +126,7 @@ class LoadedVAE:
                 for group in chunks(self.samples(split, limit), CHUNK):
                     mus.append(self.encode(torch.stack([s.image for s in group]))[0].cpu())
                     shown.update(len(group))
-            self._means[split, limit] = torch.cat(mus) if mus else torch.empty(0, self.latent_dim)
+            self._means[split, limit] = torch.cat(mus) if mus else torch.empty(0, *self.latent_shape)
         return self._means[split, limit].clone()
 
     def sampler(self, name: str = DEFAULT_SAMPLER, prior_args: dict[str, Any] | None = None, train_limit: int = 0,
@@ -126,7 +134,8 @@ class LoadedVAE:
         """Where samples come from: ``prior`` is N(0, I); any prior plugin (``gmm``, ``flow``, ...) is fitted on
         the training split's posterior means (at most ``train_limit`` images, 0: all) with options
         ``prior_args``, once: it is saved in the run folder and reused while checkpoint, weights and options
-        stay the same."""
+        stay the same. ``auto``: ``flow`` for vector latents, the prior over latent tensors fitted before for tensor
+        latents (a DataError naming how to fit one until then)."""
         return run_sampler(self, name, prior_args, train_limit, progress)
 
     @torch.no_grad()
@@ -140,8 +149,9 @@ class LoadedVAE:
     def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int = 8, mode: str = "linear") -> torch.Tensor:
         """Decoded path between the posterior means of ``a`` and ``b`` (``[B, 3, H, W]`` each) ->
         ``[B, steps + 1, 3, H, W]``; the first and last images are the reconstructions of ``a`` and ``b``."""
-        z = interpolate_latents(self.encode(a)[0], self.encode(b)[0], interpolation_weights(steps), mode)
-        return self.decode(z.flatten(0, 1)).unflatten(0, z.shape[:2])
+        z = interpolate_latents(self.encode(a)[0].flatten(1), self.encode(b)[0].flatten(1),
+                                interpolation_weights(steps), mode)
+        return self._decode_grid(z)
 
     @torch.no_grad()
     def mix(self, x: torch.Tensor, weights: list[float] | torch.Tensor) -> torch.Tensor:
@@ -151,20 +161,24 @@ class LoadedVAE:
         if w.numel() != x.shape[0] or (w < 0).any() or float(w.sum()) <= 0:
             raise ConfigError(f"mix needs one non-negative weight per image ({x.shape[0]}), "
                               f"not all zero; got {w.tolist()}")
-        mu = self.encode(x)[0]
-        return self.decode(((w / w.sum()).to(mu) @ mu)[None])
+        mu = self.encode(x)[0].flatten(1)
+        return self.decode(((w / w.sum()).to(mu) @ mu).reshape(1, *self.latent_shape))
 
     @torch.no_grad()
     def edit(self, x: torch.Tensor, direction: torch.Tensor, alphas: list[float]) -> torch.Tensor:
         """Images decoded from ``mean + alpha * direction`` for each alpha -> ``[B, len(alphas), 3, H, W]``;
-        alpha 0 is the reconstruction."""
-        mu = self.encode(x)[0]
+        alpha 0 is the reconstruction. ``direction`` is a latent (any shape with ``latent_dim`` values)."""
+        mu = self.encode(x)[0].flatten(1)
         v = direction.to(mu).flatten()
         if v.numel() != self.latent_dim:
-            raise ConfigError(f"direction has {v.numel()} dims, the model's latent has {self.latent_dim}")
+            raise ConfigError(f"direction has {v.numel()} dims, the model's latent has {self.latent_dim} "
+                              f"(shape {list(self.latent_shape)})")
         a = torch.as_tensor(alphas, dtype=mu.dtype, device=mu.device).view(1, -1, 1)
-        z = mu[:, None] + a * v
-        return self.decode(z.flatten(0, 1)).unflatten(0, z.shape[:2])
+        return self._decode_grid(mu[:, None] + a * v)
+
+    def _decode_grid(self, z: torch.Tensor) -> torch.Tensor:
+        """Flattened latents ``[B, T, latent_dim]`` -> images ``[B, T, 3, H, W]``."""
+        return self.decode(z.flatten(0, 1).reshape(-1, *self.latent_shape)).unflatten(0, z.shape[:2])
 
 
 def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:

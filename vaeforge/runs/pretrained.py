@@ -28,7 +28,8 @@ from ..tasks.attributes import VECTORS_DIR
 from . import checkpoints as ckpt
 from .export import CARD, CONFIG, WEIGHTS_FILE, copy_files, fitted_paths, read_info, replace_folder
 from .load import LoadedVAE, build_trained
-from .priors import DEFAULT_SAMPLER, PRIORS_DIR, STANDARD_NORMAL, StandardNormal, check_sampler, prior_path
+from .priors import (DEFAULT_SAMPLER, PRIORS_DIR, STANDARD_NORMAL, StandardNormal, check_sampler, prior_path,
+                     resolve_default)
 
 EXPORT_FILES = [CONFIG, WEIGHTS_FILE, CARD, f"{PRIORS_DIR}/*", f"{VECTORS_DIR}/*"]  # what a Hub repo gives or gets
 
@@ -53,7 +54,8 @@ class PretrainedVAE(LoadedVAE):
                 progress: bool = True) -> StandardNormal | FittedPrior:
         """As :meth:`LoadedVAE.sampler`, from the priors exported with the model: an export cannot fit one."""
         check_sampler(name)
-        options = {} if name == STANDARD_NORMAL else prior_options(name, prior_args)
+        name = resolve_default(self, name)
+        options = {} if name in (STANDARD_NORMAL, DEFAULT_SAMPLER) else prior_options(name, prior_args)
         if options and not prior_path(self.run_dir, name, options, train_limit).is_file():
             exported = "; ".join(f"{p['plugin']} {p['options']} ({p['source'].rpartition(' ')[2]})"
                                  for p in self.info["fitted"]["priors"]) or "none"

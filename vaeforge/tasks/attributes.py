@@ -27,7 +27,7 @@ class AttributeVector:
 
     attribute: str
     kind: str
-    direction: torch.Tensor  # [latent_dim]
+    direction: torch.Tensor  # [latent_dim], a tensor latent flattened
     count: int  # labelled training images it was computed from
     source: str = ""  # what it was computed with (checkpoint, weights, image count), to tell stale files
 
@@ -69,10 +69,11 @@ def direction(mu: torch.Tensor, values: torch.Tensor, kind: str, attribute: str)
 
 def posterior_means(encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], batches: Iterable
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior means and label values of labelled batches (``.images``, ``.values``)."""
+    """Posterior means (flattened: ``[N, latent_dim]``) and label values of labelled batches (``.images``,
+    ``.values``)."""
     mus, values = [], []
     for batch in batches:
-        mus.append(encode(batch.images)[0].cpu())
+        mus.append(encode(batch.images)[0].flatten(1).cpu())
         values.append(batch.values)
     if not mus:
         return torch.empty(0), torch.empty(0)

@@ -111,7 +111,7 @@ class TaskContext:
         return vector, False
 
     def posterior_means(self, split: str, limit: int = 0) -> torch.Tensor:
-        """Posterior means ``[N, latent_dim]`` of the split's first ``limit`` images (0: all), on the CPU."""
+        """Posterior means ``[N, *latent_shape]`` of the split's first ``limit`` images (0: all), on the CPU."""
         return self.model.posterior_means(split, limit)
 
     def output_file(self, name: str) -> Path:

@@ -110,7 +110,7 @@ class Evaluator:
         vae.eval()
         d, device = self.data, self.acc.device
         x = to_float(next(eval_batches(d.shards, 8, 0, 1, d.image_size, d.on_error))["image"].to(device))
-        z = torch.randn(16, vae.latent_dim, generator=torch.Generator().manual_seed(0)).to(device)
+        z = torch.randn(16, *vae.latent_shape, generator=torch.Generator().manual_seed(0)).to(device)
         monitor.grid("images/reconstruction", torch.cat([x, vae.decode(vae.encode(x)[0])]), step, nrow=x.shape[0])
         monitor.grid("images/samples", vae.decode(z), step, nrow=8)
         vae.train()

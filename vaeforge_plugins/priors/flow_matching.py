@@ -60,9 +60,46 @@ class Velocity(nn.Module):
         return self.out(h)
 
 
+class VelocityPrior(LatentPrior):
+    """Standardisation, and a velocity field ``velocity(x, t)`` carrying N(0, I) at t=0 to the standardised latents
+    at t=1 (a subclass builds both; its config has ``steps``, ``batch_size``, ``lr`` and ``sample_steps``)."""
+
+    standardize: Standardizer
+    velocity: nn.Module
+
+    def fit(self, latents: torch.Tensor, generator: torch.Generator, progress: FitProgress) -> None:
+        """Regress v(x_t, t) on x1 - x0 along x_t = (1 - t) x0 + t x1, x0 ~ N(0, I), x1 a standardised latent.
+        Latents of any shape: each of their values is standardised on its own (flattened)."""
+        cfg = self.cfg
+        self.standardize.fit(latents.flatten(1))
+        data = self.standardize(latents.flatten(1)).view_as(latents)
+
+        def velocity_error() -> torch.Tensor:
+            x1 = data[torch.randint(len(data), (cfg.batch_size,), generator=generator)]
+            x0 = torch.randn(x1.shape, generator=generator)
+            t = torch.rand(cfg.batch_size, generator=generator)
+            xt = x0 + t.view(-1, *[1] * len(self.shape)) * (x1 - x0)
+            return (self.velocity(xt, t) - (x1 - x0)).square().mean()
+
+        self.train()
+        minimize(self.velocity.parameters(), velocity_error, progress, cfg.steps, cfg.lr)
+        self.eval()
+
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+        """Heun integration of dx/dt = v(x, t) from ``temperature * eps`` at t=0 to t=1."""
+        x = torch.randn(n, *self.shape, generator=generator) * temperature
+        ts = torch.linspace(0, 1, self.cfg.sample_steps + 1)
+        for t0, t1 in zip(ts[:-1], ts[1:]):
+            h = float(t1 - t0)
+            d0 = self.velocity(x, t0.expand(n))
+            d1 = self.velocity(x + h * d0, t1.expand(n))
+            x = x + 0.5 * h * (d0 + d1)
+        return self.standardize.inverse(x.flatten(1)).view(n, *self.shape)
+
+
 @register_prior("flow_matching", config=FlowMatchingConfig)
-class FlowMatching(LatentPrior):
-    """Standardisation, and a velocity field carrying N(0, I) at t=0 to the standardised latents at t=1."""
+class FlowMatching(VelocityPrior):
+    """A velocity MLP over the standardised latent vectors."""
 
     def __init__(self, cfg: FlowMatchingConfig, shape: tuple[int, ...]) -> None:
         super().__init__(cfg, shape)
@@ -72,31 +109,3 @@ class FlowMatching(LatentPrior):
         (dim,) = shape
         self.standardize = Standardizer(dim)
         self.velocity = Velocity(dim, cfg.hidden, cfg.blocks)
-
-    def fit(self, latents: torch.Tensor, generator: torch.Generator, progress: FitProgress) -> None:
-        """Regress v(x_t, t) on x1 - x0 along x_t = (1 - t) x0 + t x1, x0 ~ N(0, I), x1 a standardised latent."""
-        cfg = self.cfg
-        self.standardize.fit(latents)
-        data = self.standardize(latents)
-
-        def velocity_error() -> torch.Tensor:
-            x1 = data[torch.randint(len(data), (cfg.batch_size,), generator=generator)]
-            x0 = torch.randn(x1.shape, generator=generator)
-            t = torch.rand(cfg.batch_size, generator=generator)
-            xt = x0 + t[:, None] * (x1 - x0)
-            return (self.velocity(xt, t) - (x1 - x0)).square().mean()
-
-        self.train()
-        minimize(self.velocity.parameters(), velocity_error, progress, cfg.steps, cfg.lr)
-        self.eval()
-
-    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
-        """Heun integration of dx/dt = v(x, t) from ``temperature * eps`` at t=0 to t=1."""
-        x = torch.randn(n, self.shape[0], generator=generator) * temperature
-        ts = torch.linspace(0, 1, self.cfg.sample_steps + 1)
-        for t0, t1 in zip(ts[:-1], ts[1:]):
-            h = float(t1 - t0)
-            d0 = self.velocity(x, t0.expand(n))
-            d1 = self.velocity(x + h * d0, t1.expand(n))
-            x = x + 0.5 * h * (d0 + d1)
-        return self.standardize.inverse(x)

@@ -98,7 +98,7 @@ def reconstruction_metrics(ctx: TaskContext, lpips: LPIPS, x: torch.Tensor) -> d
     kl = kl_per_dim(mu, logvar).cpu()
     return {"psnr": mean(psnr(recon, x)), "ssim": mean(ssim(recon, x)), "lpips": mean(lpips_distance(lpips, recon, x)),
             "checkerboard_recon": checkerboard(recon, x), "kl": mean(kl.sum(1)), "active_units": active_units(kl),
-            "latent_dim": ctx.model.latent_dim}
+            "latent_dim": ctx.model.latent_dim, "latent_shape": list(ctx.model.latent_shape)}
 
 
 def read_state_dict(path: str) -> dict:
