@@ -21,8 +21,9 @@ TINY_RUN = [
     "trainer.log_every=5", "trainer.val_every=20", "trainer.image_every=20", "trainer.checkpoint_every=10",
     "trainer.progress=false",
     # auto would compile a run planned long (max_steps=100000 runs stopped by a signal or a time limit): slow, and
-    # a resumed run with other max_steps would switch kernels; tests/test_speed.py runs the compiled path
-    "trainer.compile=off",
+    # a resumed run with other max_steps would switch kernels; auto's channels-last (fp32 on an AVX512 CPU) made
+    # these tiny models slower. tests/test_speed.py runs both paths against eager.
+    "trainer.compile=off", "trainer.channels_last=off",
 ]
 TINY = [*TINY_RUN, "model.backbone.args.widths=[8,16,32]"]
 TRAINED_STEPS = 10  # conftest's trained_run: TINY trained this many steps, its one checkpoint at the last
