@@ -33,9 +33,17 @@ RUNS: dict[str, tuple[Callable[[str], dict], Callable[[Any], str], Callable[[str
     "mlflow": (lambda name: {"run_name": name}, lambda t: t.active_run.info.run_id, lambda rid: {"run_id": rid}),
     "wandb": (lambda name: {"name": name}, lambda t: t.run.id, lambda rid: {"id": rid, "resume": "allow"}),
 }
+
+
+def _end_mlflow_failed(tracker: Any) -> None:
+    import mlflow  # only with the mlflow tracker, whose package is then installed
+
+    mlflow.end_run(status="FAILED")
+
+
 # How a tracker's run is ended as failed (accelerate's finish() ends every run as a success)
 FAILED: dict[str, Callable[[Any], None]] = {
-    "mlflow": lambda t: __import__("mlflow").end_run(status="FAILED"),
+    "mlflow": _end_mlflow_failed,
     "wandb": lambda t: t.run.finish(exit_code=1),
 }
 
