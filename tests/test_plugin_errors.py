@@ -152,12 +152,13 @@ def test_nan_loss_term_stop_names_the_term_and_its_plugin(lfw64, tmp_path):
 
 def test_task_from_a_module_named_on_the_command_line_and_its_contract(trained_run, tmp_path):
     """``vaeforge run ... plugins=[module]`` imports the module before the task lookup; a task returning
-    something else than a dict of JSON values is named with the fix; output and files are filled in."""
+    something else than a dict of JSON values is named with the fix; output and files are filled in. (Its task
+    samples N(0, I): the default sampler would fit a flow prior on the whole train split first.)"""
     (tmp_path / "my_tasks.py").write_text(
         "import torch\nfrom vaeforge.api import register_task\n"
         "@register_task('latent_norm')\n"
         "def latent_norm(ctx, cfg):\n"
-        "    ctx.save_grid('grid.png', ctx.model.sample(4).cpu(), nrow=2)\n"
+        "    ctx.save_grid('grid.png', ctx.model.sample(4, sampler='prior').cpu(), nrow=2)\n"
         "    return {'norm': 1.5}\n"
         "@register_task('tensor_summary')\n"
         "def tensor_summary(ctx, cfg):\n    return {'norm': torch.ones(2)}\n"
