@@ -10,7 +10,6 @@ heads ``lin0`` .. ``lin<k>`` (the layout of ``../shared/weights``); pickles are 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +17,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
-from torchvision import models
-from torchvision.models import WeightsEnum
 
 from ..errors import DataError, unknown_choice
 
@@ -36,18 +33,30 @@ class TrunkSpec:
     implementation slices them)."""
 
     file: str  # the converted weights file: lpips_<model>.safetensors
-    model: Callable[[], nn.Module]
-    weights: WeightsEnum
+    model: str  # the torchvision.models builder
+    weights: str  # its weights enum member, "<Enum>.<member>"
     taps: tuple[int, ...]
+
+    # torchvision is imported when a trunk is built, not with this module: every process imports the loss
+    # plugins, and importing torchvision loads all its models and datasets (over a second of start-up).
+    def build(self) -> nn.Module:
+        """The torchvision model (randomly initialised: the caller loads the LPIPS file)."""
+        from torchvision import models
+        return getattr(models, self.model)()
+
+    @property
+    def url(self) -> str:
+        """Where torchvision downloads the ImageNet weights from (its file name carries a SHA-256 prefix)."""
+        from torchvision import models
+        enum, member = self.weights.split(".")
+        return getattr(getattr(models, enum), member).url
 
 
 NETS = {
-    "alex": TrunkSpec("lpips_alexnet.safetensors", models.alexnet, models.AlexNet_Weights.IMAGENET1K_V1,
-                      (1, 4, 7, 9, 11)),
-    "vgg": TrunkSpec("lpips_vgg16.safetensors", models.vgg16, models.VGG16_Weights.IMAGENET1K_V1,
-                     (3, 8, 15, 22, 29)),
-    "squeeze": TrunkSpec("lpips_squeezenet1_1.safetensors", models.squeezenet1_1,
-                         models.SqueezeNet1_1_Weights.IMAGENET1K_V1, (1, 4, 7, 9, 10, 11, 12)),
+    "alex": TrunkSpec("lpips_alexnet.safetensors", "alexnet", "AlexNet_Weights.IMAGENET1K_V1", (1, 4, 7, 9, 11)),
+    "vgg": TrunkSpec("lpips_vgg16.safetensors", "vgg16", "VGG16_Weights.IMAGENET1K_V1", (3, 8, 15, 22, 29)),
+    "squeeze": TrunkSpec("lpips_squeezenet1_1.safetensors", "squeezenet1_1", "SqueezeNet1_1_Weights.IMAGENET1K_V1",
+                         (1, 4, 7, 9, 10, 11, 12)),
 }
 
 
@@ -96,7 +105,7 @@ def build_trunk(spec: TrunkSpec) -> nn.Sequential:
     """torchvision's ``features`` layers up to the last tap, with its ``features.<N>`` indices, on the meta device
     (shapes only: no memory, no initialisation; ``to_empty`` then a weights file make it real)."""
     with torch.device("meta"):
-        return spec.model().features[: spec.taps[-1] + 1]
+        return spec.build().features[: spec.taps[-1] + 1]
 
 
 def tapped(trunk: nn.Sequential, taps: tuple[int, ...], h: torch.Tensor) -> list[torch.Tensor]:

@@ -44,12 +44,12 @@ HEAD_SHA256 = {
     "vgg": "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",
     "squeeze": "4a5350f23600cb79923ce65bb07cbf57dca461329894153e05a1346bd531cf76",
 }
-TRUNK_BASE, _ = NETS["alex"].weights.url.rsplit("/", 1)  # torchvision's download folder, the same for every trunk
+TRUNK_BASE, _ = NETS["alex"].url.rsplit("/", 1)  # torchvision's download folder, the same for every trunk
 
 
 def trunk_file_name(net: str) -> str:
     """torchvision's file name of the ImageNet trunk of ``net`` (``alexnet-owt-7be5be79.pth``)."""
-    return NETS[net].weights.url.rsplit("/", 1)[1]
+    return NETS[net].url.rsplit("/", 1)[1]
 
 
 def head_file_name(net: str) -> str:

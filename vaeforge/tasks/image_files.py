@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from torchvision.utils import make_grid
 
 from ..data.images import IMAGE_SUFFIXES, Crop, crop_box, crop_resize, load_image
 from ..errors import DataError
+from ..grid import image_grid
 
 LFW_SOURCE_SIZE = [250, 250]  # the source size of manifests from before they recorded one (all of them LFW's)
 PADDING = 2  # pixels between grid cells
@@ -89,5 +89,5 @@ def save_grid(rows: list[list[torch.Tensor]] | torch.Tensor, path: Path, nrow: i
         batch, per_row = rows, nrow or 8
     else:
         batch, per_row = torch.stack([im for row in rows for im in row]), len(rows[0])
-    grid = to_pil(make_grid(batch.float().clamp(0, 1), nrow=per_row, padding=PADDING, pad_value=1.0))
+    grid = to_pil(image_grid(batch.float().clamp(0, 1), per_row, PADDING, pad_value=1.0))
     save_png(with_captions(grid, columns, batch.shape[-1]) if columns else grid, path)

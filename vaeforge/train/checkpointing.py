@@ -10,12 +10,12 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from timm.utils import ModelEmaV3
 
 from ..errors import CheckpointError, VaeforgeError
 from ..runs import checkpoints as ckpt
 from . import distributed as dist
 from .builders import TrainModule
+from .ema import WeightAverage
 from .groups import ModelGroup, OwnedGroup
 
 OWNED = "owned_"  # file prefix of an owned group's weights and optimizer: owned_<term>.<module>.safetensors
@@ -38,7 +38,7 @@ class CheckpointManager:
     where training stands (:class:`~vaeforge.runs.checkpoints.TrainerState`)."""
 
     def __init__(self, run_dir: Path, acc: Accelerator, zero_stage: int | None, keep: int, live: TrainModule,
-                 main: ModelGroup, ema: ModelEmaV3 | None, owned: list[OwnedGroup]) -> None:
+                 main: ModelGroup, ema: WeightAverage | None, owned: list[OwnedGroup]) -> None:
         self.run_dir, self.acc, self.zero_stage, self.keep = run_dir, acc, zero_stage, keep
         self.live, self.main, self.ema, self.owned = live, main, ema, owned
         self.rank = acc.process_index

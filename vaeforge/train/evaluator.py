@@ -9,13 +9,13 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from timm.utils import ModelEmaV3
 from torch import nn
 
 from ..data.stream import eval_batches
 from ..metrics import active_units, kl_per_dim, psnr
 from ..models.vae import VAE
 from .builders import TrainModule, to_float
+from .ema import WeightAverage
 from .monitor import Monitor
 from .speed import eager
 
@@ -37,7 +37,7 @@ class Evaluator:
     """Validation and grids. ``whole_copy`` (DeepSpeed only) returns a plain module with the whole current
     weights; calling it is collective."""
 
-    def __init__(self, acc: Accelerator, live: TrainModule, ema: ModelEmaV3 | None, data: EvalData,
+    def __init__(self, acc: Accelerator, live: TrainModule, ema: WeightAverage | None, data: EvalData,
                  whole_copy: Callable[[], TrainModule] | None) -> None:
         self.acc, self.live, self.ema, self.data, self.whole_copy = acc, live, ema, data, whole_copy
 

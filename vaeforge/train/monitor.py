@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
-from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from ..errors import VaeforgeError, write_failure
+from ..grid import image_grid
 from ..runs.layout import TB_DIR
 from . import tracking
 
@@ -91,7 +91,7 @@ class Monitor:
         tb = self._tensorboard()
         if tb:
             with self._reported(tb):
-                tb.writer.add_image(tag, make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow), step)
+                tb.writer.add_image(tag, image_grid(images.detach().float().cpu().clamp(0, 1), nrow), step)
 
     def end_session(self) -> None:
         """Training ended (not failed): TensorBoard's HParams session says so."""

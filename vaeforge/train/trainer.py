@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from accelerate.utils import set_seed
 from omegaconf import DictConfig, OmegaConf
-from timm.utils import ModelEmaV3
 
 from .. import __version__
 from ..config.fields import check_values
@@ -40,6 +39,7 @@ from . import tracking
 from .builders import Owned, TrainModule, adamw, build_train_module, take_owned, to_float
 from .callbacks import Callback, Callbacks, default_callbacks
 from .checkpointing import CheckpointManager
+from .ema import WeightAverage
 from .evaluator import EvalData, Evaluator
 from .groups import ModelGroup, OwnedGroup
 from .heap import frozen_heap, retain_freed_memory
@@ -93,14 +93,14 @@ class Trainer:
         module, owned = build_train_module(self.opts, self.image)
         dist.check_balanced_terms(self.zero_stage, module.losses.balanced_origins())
         speeds.prepare_layout(module, owned, self.speed)
-        self.ema = ModelEmaV3(module.vae, decay=t.ema_decay, use_warmup=True) if t.ema_decay > 0 else None
+        self.ema = WeightAverage(module.vae, t.ema_decay) if t.ema_decay > 0 else None
         speeds.compile_modules(module, owned, self.speed)
         optimizer = adamw([p for p in module.parameters() if p.requires_grad], o.lr, o.betas, o.weight_decay)
         self.architecture = ckpt.architecture(module.vae.state_dict())
         if self.zero_stage is not None:
             dist.fill_deepspeed_config(self.acc, self.opts)
         model, optimizer = self.acc.prepare(module, optimizer)
-        self.live: TrainModule = self.acc.unwrap_model(model)  # unwrapping is slow: once, not per step
+        self.live: TrainModule = module  # what prepare wrapped (DDP, DeepSpeed) or patched (autocast) in place
         self.input_dtype = next(model.parameters()).dtype  # DeepSpeed bf16/fp16 casts the weights: inputs follow
         main = ModelGroup(self.acc, model, optimizer, o.grad_clip, self.zero_stage, o.lr)
         losses = self.live.losses

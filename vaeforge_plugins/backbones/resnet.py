@@ -6,6 +6,9 @@ to a map of that shape and climbs back through the encoder's stages in reverse (
 each stage an upsampling, a 3x3 convolution and timm ``BasicBlock``s with GroupNorm and SiLU. No activations pass
 around the latent. ``pretrained_file`` loads ImageNet (or any) weights for the encoder from a local safetensors
 file of the full timm model (its classifier is ignored); nothing is downloaded.
+
+timm is imported where a model is built, not with the module: the plugin registry imports every plugin in every
+process, and importing timm loads its whole model zoo (about a second of start-up).
 """
 from __future__ import annotations
 
@@ -15,12 +18,9 @@ from dataclasses import dataclass
 from functools import partial
 from itertools import pairwise
 
-import timm
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from timm.layers import GroupNorm
-from timm.models.resnet import BasicBlock
 from torch import nn
 
 from vaeforge.api import (HEADS, BackboneParts, ConfigError, DataError, ImageSpec, choice, register_backbone,
@@ -48,6 +48,8 @@ class LastFeatures(nn.Module):
 
 
 def _encoder(cfg: ResNetConfig, image: ImageSpec) -> nn.Module:
+    import timm
+
     if not timm.is_model(cfg.name):
         close = ", ".join(difflib.get_close_matches(cfg.name, timm.list_models(), n=3)) or "none close"
         raise ConfigError(f"resnet: unknown timm model '{cfg.name}' (did you mean: {close}; all: timm.list_models())")
@@ -84,6 +86,9 @@ def _deepest_shape(encoder: nn.Module, image: ImageSpec) -> tuple[int, int, int]
 
 def _decoder_stage(c_in: int, c_out: int, factor: int, cfg: ResNetConfig) -> list[nn.Module]:
     """Upsample by ``factor``, change width with a 3x3 conv, then residual blocks."""
+    from timm.layers import GroupNorm
+    from timm.models.resnet import BasicBlock
+
     norm = partial(GroupNorm, num_groups=math.gcd(cfg.groups, c_out))
     layers: list[nn.Module] = [nn.Upsample(scale_factor=factor, mode="nearest")] if factor > 1 else []
     layers.append(nn.Conv2d(c_in, c_out, 3, padding=1))
@@ -96,6 +101,8 @@ def _decoder(cfg: ResNetConfig, image: ImageSpec, latent_dim: int, info, deepest
     """Mirror of the encoder: at each stride the encoder's width, deepest first; then the stem's mirror back to
     full resolution: one convolution to ``channels x r x r`` values per position, rearranged into r x r pixels
     (pixel shuffle, ``head``), so nothing runs at full resolution, where convolutions cost the most."""
+    from timm.layers import GroupNorm
+
     channels, reductions = info.channels(), info.reduction()
     c, h, w = deepest
     layers: list[nn.Module] = [nn.Linear(latent_dim, c * h * w), nn.Unflatten(1, (c, h, w))]
