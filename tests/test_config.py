@@ -65,9 +65,7 @@ def train_process(args: list[str]) -> tuple[int, str]:
     return proc.returncode, proc.stderr
 
 
-@pytest.mark.parametrize("launch", [train_in_process, pytest.param(train_process, marks=pytest.mark.integration)],
-                         ids=["in_process", "process"])
-@pytest.mark.parametrize("override, expected", [
+BAD_INPUT = [
     ("recipe=lfw_unte", "did you mean 'lfw_unet'?"),
     ("model.backbone.name=unett", "unknown backbone plugin 'unett' (valid: autoencoder_kl, mlp, resnet, unet; did you mean 'unet'?)"),
     ("losses.kl.name=kll", "unknown loss plugin 'kll'"),
@@ -94,6 +92,19 @@ def train_process(args: list[str]) -> tuple[int, str]:
     ("trainer.log_with=[tensorboard,mlfow]", "unknown trainer.log_with tracker 'mlfow' (valid: aim, clearml, comet_ml, "
                                              "dvclive, mlflow, swanlab, tensorboard, trackio, wandb; did you mean 'mlflow'?)"),
     ("trainer.log_with=[comet_ml]", "trainer.log_with names comet_ml, which is not installed: pip install comet-ml"),
+]
+# Also as real processes (python -m vaeforge.train): one case of each place an error is raised (recipe, plugin
+# name, plugin option key and value, schema key, argument form, schema range and choice, tracker) shows the
+# entry point's exit status and one-line stderr; the rest would repeat the same path.
+AS_PROCESS = {"recipe=lfw_unte", "model.backbone.name=unett", "model.backbone.args.widthz=[1]",
+              "losses.kl.args.beta=abc", "trainer.max_stepz=1", "notakeyvalue", "trainer.time_budget=0",
+              "trainer.mixed_precision=bf61", "trainer.log_with=[comet_ml]"}
+
+
+@pytest.mark.parametrize("override, expected, launch", [
+    *[pytest.param(o, e, train_in_process, id=f"{o}-in_process") for o, e in BAD_INPUT],
+    *[pytest.param(o, e, train_process, id=f"{o}-process", marks=pytest.mark.integration)
+      for o, e in BAD_INPUT if o in AS_PROCESS],
 ])
 def test_train_cli_rejects_bad_input_in_one_line(override: str, expected: str,
                                                  launch: Callable[[list[str]], tuple[int, str]]):
