@@ -116,13 +116,16 @@ def compile_modules(module: TrainModule, owned: list[Owned], speed: Speed) -> No
     of a compiled module would call the original's compiled forward."""
     if speed.compile_mode is None:
         return
+    import torch._functorch.config as functorch_config  # the compiler's settings: loaded only when compiling
+    import torch._inductor.config as inductor_config
+
     if module.losses.balanced:
         # a balanced term differentiates the model's graph before the step's backward (retain_graph=True), which a
         # compiled backward that reuses ("donates") its saved buffers refuses
-        torch._functorch.config.donated_buffer = False
+        functorch_config.donated_buffer = False
     # the sampling noise from PyTorch's generator, as in eager (inductor's own RNG draws other numbers): a compiled
     # run sees the same noise as an eager one from the same seed
-    torch._inductor.config.fallback_random = True
+    inductor_config.fallback_random = True
     parts: list[nn.Module] = [module.vae, *module.losses.terms.values(), *(o.module for o in owned)]
     for part in parts:
         part.compile(mode=speed.compile_mode)
