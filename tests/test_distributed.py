@@ -88,7 +88,7 @@ def one_process_reference(shards: Path, keys: tuple[tuple[tuple[str, ...], ...],
     ranks' batches, each half with the latent noise its rank drew (seeded like the engine), gradients averaged,
     clipped, one AdamW step, one EMA update. Returns the model and EMA weights after each step."""
     from accelerate.utils import set_seed
-    from timm.utils import ModelEmaV3
+    from vaeforge.train.ema import WeightAverage
 
     from vaeforge.models.objective import LossSet
     from vaeforge.models.vae import ImageSpec, build_model
@@ -101,7 +101,7 @@ def one_process_reference(shards: Path, keys: tuple[tuple[tuple[str, ...], ...],
     images = images_by_key(shards, {k for step in keys for rank in step for k in rank})
     set_seed(cfg.trainer.seed)
     module = TrainModule(build_model(cfg.model, ImageSpec(64, 3)), LossSet(cfg.losses))
-    ema = ModelEmaV3(module.vae, decay=cfg.trainer.ema_decay, use_warmup=True)
+    ema = WeightAverage(module.vae, cfg.trainer.ema_decay)
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                   weight_decay=cfg.optim.weight_decay, fused=True)
