@@ -9,4 +9,4 @@ bash scripts/setup.sh
 WORKERS=${VAEFORGE_TEST_WORKERS:-2}
 THREADS=$([ "$WORKERS" = 0 ] && echo 2 || echo 1)
 export TQDM_DISABLE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-$THREADS}
-exec .venv/bin/python -m pytest -q --durations=15 -n "$WORKERS" --dist loadfile "$@"
+exec .venv/bin/python -m pytest -q --durations=15 -n "$WORKERS" --dist loadfile --no-loadscope-reorder "$@"

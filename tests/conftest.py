@@ -41,12 +41,26 @@ def shared_dir() -> Iterator[Path]:
         yield path
 
 
+# The test files that take longest (CI's --durations, summed per file), longest first. scripts/test.sh hands
+# whole files to its two workers in collection order (--dist loadfile --no-loadscope-reorder): starting with
+# the longest keeps one worker from running a long file alone at the end. The rest keep pytest's order.
+LONGEST_FIRST = ("test_train.py", "test_distributed.py", "test_speed.py", "test_slurm.py", "test_optimizer_groups.py",
+                 "test_tasks.py", "faults/test_disk_full.py", "test_adversarial.py", "faults/test_kill_resume.py",
+                 "test_report.py", "test_remote_shards.py", "test_export.py", "test_prepare.py")
+
+
+def _file_rank(item: pytest.Item) -> int:
+    name = item.path.relative_to(Path(__file__).parent).as_posix()
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that uses the shared data (through any fixture) ``integration``: the unit tier,
-    ``-m "not integration"``, is then exactly what runs without ``../shared``."""
+    ``-m "not integration"``, is then exactly what runs without ``../shared``. Order the files longest first."""
     for item in items:
         if "shared_dir" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
+    items.sort(key=_file_rank)  # stable: a file's tests keep their order
 
 
 @pytest.fixture(scope="session")
