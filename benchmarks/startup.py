@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     a = parser.parse_args()
     times: dict[str, list[float]] = {"import torch": [], "vaeforge imports": [], "1-step training": []}
-    heavy = ""
+    heavy: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(a.repeats):
             times["import torch"].append(timed([sys.executable, "-c", "import torch"])[0])
