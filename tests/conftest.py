@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from vaeforge.data.build import prepare
 from vaeforge.models.lpips import ENV_WEIGHTS
@@ -82,18 +83,23 @@ def lfw_tgz(labels_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def lfw64(lfw_tgz: Path, labels_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real devtrain archive prepared once at 64x64 with every label file; returns the output folder."""
-    out = tmp_path_factory.mktemp("lfw64") / "shards"
-    prepare(
-        lfw_tgz,
-        out,
-        image_size=64,
-        attributes=labels_dir / "lfw_attributes.txt",
-        emotions=labels_dir / "lfw_emotions.csv",
-        gender_male=labels_dir / "lfw_gender_male.txt",
-        gender_female=labels_dir / "lfw_gender_female.txt",
-    )
+def lfw64(lfw_tgz: Path, labels_dir: Path, tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The real devtrain archive prepared at 64x64 with every label file, once per session: xdist's workers share
+    one read-only copy (the first to ask prepares it, under a lock). Returns the output folder."""
+    root = tmp_path_factory.getbasetemp()
+    root = root if worker_id == "master" else root.parent  # the folder all workers' temporary folders are in
+    out = root / "lfw64" / "shards"
+    with FileLock(str(root / "lfw64.lock")):
+        if not (out / "manifest.json").is_file():  # prepare writes the manifest last
+            prepare(
+                lfw_tgz,
+                out,
+                image_size=64,
+                attributes=labels_dir / "lfw_attributes.txt",
+                emotions=labels_dir / "lfw_emotions.csv",
+                gender_male=labels_dir / "lfw_gender_male.txt",
+                gender_female=labels_dir / "lfw_gender_female.txt",
+            )
     return out
 
 
