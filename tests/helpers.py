@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,6 +51,20 @@ def train(*overrides: str, **kw) -> subprocess.CompletedProcess:
 
 def task(*args: str, **kw) -> subprocess.CompletedProcess:
     return run([PY, "-m", "vaeforge.run", *args], **kw)
+
+
+def cut_back(run_dir: Path, into: Path, step: int) -> Path:
+    """A copy of a finished run as it stood when its checkpoint at ``step`` was the newest, as if stopped there:
+    later checkpoints and the end-of-run parameter audit (``trainer.audit_samples``) removed. Resuming it must
+    end where the original did; one launch fewer than training the first part again."""
+    shutil.copytree(run_dir, into)
+    assert (into / "checkpoints" / f"step_{step:08d}").is_dir(), f"{run_dir} has no checkpoint at step {step}"
+    for folder in (into / "checkpoints").iterdir():
+        if folder.name.startswith("step_") and int(folder.name.split("_")[1].split(".")[0]) > step:
+            shutil.rmtree(folder)
+    for audit in (into / "audit").glob("params_rank*.txt"):
+        audit.unlink()
+    return into
 
 
 def free_port() -> int:

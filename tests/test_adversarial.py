@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from helpers import TINY, launch, train
+from helpers import TINY, cut_back, launch, train
 from test_optimizer_groups import build_with, checkpoint, digest
 from vaeforge.data.manifest import read_manifest, shard_paths
 from vaeforge.data.stream import eval_batches
@@ -130,8 +130,7 @@ def test_training_starts_the_discriminator_on_time_and_resumes_bit_exactly(lfw64
     warmup = {e.step: e.value for e in tb.Scalars("train/adv/warmup")}  # logged after step s - 1 ran
     assert [warmup[s] for s in (4, 5, 6, 7, 10)] == [0.0, 0.0, 0.5, 1.0, 1.0]
 
-    resumed = tmp_path / "resumed"
-    train(*common, f"run_dir={resumed}", "trainer.max_steps=6")
+    resumed = cut_back(straight, tmp_path / "resumed", 6)
     train(*common, f"run_dir={resumed}", "trainer.max_steps=10", "resume=true")
     assert digest(resumed) == digest(straight)
     assert state_digest(load_file(checkpoint(resumed, 10) / DISC)) == \
@@ -142,11 +141,11 @@ def test_two_processes_stay_replicated_and_resume_bit_exactly(lfw64, tmp_path):
     """DDP on 2 processes with the adaptive weight computed inside the model's forward: both replicas hold the
     same weights (discriminator included), and a resumed run ends at the uninterrupted one's weights. In the
     channels-last memory format (model, loss terms, discriminator and inputs), which DDP supports."""
-    common = [*RUN, f"data.shards={lfw64}", "losses.adv.args.start=1", "trainer.checkpoint_every=0",
+    common = [*RUN, f"data.shards={lfw64}", "losses.adv.args.start=1", "trainer.checkpoint_every=3",
               "trainer.val_every=0", "trainer.channels_last=on"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    straight = tmp_path / "straight"
     launch(2, "vaeforge.train", *common, f"run_dir={straight}", "trainer.max_steps=6")
-    launch(2, "vaeforge.train", *common, f"run_dir={resumed}", "trainer.max_steps=3")
+    resumed = cut_back(straight, tmp_path / "resumed", 3)
     launch(2, "vaeforge.train", *common, f"run_dir={resumed}", "trainer.max_steps=6", "resume=true")
     assert digest(resumed, 2) == digest(straight, 2)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import TINY, env, launch, train
+from helpers import TINY, cut_back, env, launch, train
 
 USER_PLUGINS = Path(__file__).parent / "fixtures" / "userplugins"
 CRITIC = ["plugins=[owned_critic]", "losses.critic.name=owned_critic", "losses.critic.weight=0.5",
@@ -108,8 +108,7 @@ def test_owned_module_trains_on_its_cadence_and_resumes_bit_exactly(lfw64, tmp_p
     run_json = json.loads((straight / "run.json").read_text())
     assert run_json["optimizer_groups"] == ["model", "critic.critic"]
 
-    resumed = tmp_path / "resumed"
-    train(*common, f"run_dir={resumed}", "trainer.max_steps=6", env=plugin_env())
+    resumed = cut_back(straight, tmp_path / "resumed", 6)
     train(*common, f"run_dir={resumed}", "trainer.max_steps=10", "resume=true", env=plugin_env())
     assert digest(resumed) == digest(straight)
     from vaeforge.runs.checkpoints import state_digest  # the critic's file alone, too
@@ -121,10 +120,10 @@ def test_owned_module_trains_on_its_cadence_and_resumes_bit_exactly(lfw64, tmp_p
 def test_owned_module_on_two_processes_stays_replicated_and_resumes_bit_exactly(lfw64, tmp_path):
     """With DDP on 2 processes the critic's gradients are averaged over ranks: both replicas hold the same weights,
     and a resumed run ends at the uninterrupted one's weights."""
-    common = [*TINY, f"data.shards={lfw64}", *CRITIC, "losses.critic.args.start=1", "trainer.checkpoint_every=0"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    common = [*TINY, f"data.shards={lfw64}", *CRITIC, "losses.critic.args.start=1", "trainer.checkpoint_every=3"]
+    straight = tmp_path / "straight"
     launch(2, "vaeforge.train", *common, f"run_dir={straight}", "trainer.max_steps=6", env=plugin_env())
-    launch(2, "vaeforge.train", *common, f"run_dir={resumed}", "trainer.max_steps=3", env=plugin_env())
+    resumed = cut_back(straight, tmp_path / "resumed", 3)
     launch(2, "vaeforge.train", *common, f"run_dir={resumed}", "trainer.max_steps=6", "resume=true",
            env=plugin_env())
     assert digest(resumed, 2) == digest(straight, 2)
@@ -153,11 +152,11 @@ def test_owned_module_under_deepspeed_zero2_resumes(lfw64, tmp_path):
     vaeforge, and a resume ends at the uninterrupted run's weights."""
     from test_distributed import accelerate
 
-    common = [*TINY, f"data.shards={lfw64}", *CRITIC, "losses.critic.args.start=1", "trainer.checkpoint_every=0"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    common = [*TINY, f"data.shards={lfw64}", *CRITIC, "losses.critic.args.start=1", "trainer.checkpoint_every=2"]
+    straight = tmp_path / "straight"
     extra = {"PYTHONPATH": str(USER_PLUGINS)}
     accelerate("zero2", *common, f"run_dir={straight}", "trainer.max_steps=4", extra_env=extra)
-    accelerate("zero2", *common, f"run_dir={resumed}", "trainer.max_steps=2", extra_env=extra)
+    resumed = cut_back(straight, tmp_path / "resumed", 2)
     accelerate("zero2", *common, f"run_dir={resumed}", "trainer.max_steps=4", "resume=true", extra_env=extra)
     assert digest(resumed, 2) == digest(straight, 2)
     assert (checkpoint(straight, 4) / "owned_critic.critic.safetensors").is_file()
