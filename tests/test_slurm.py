@@ -22,7 +22,7 @@ from vaeforge.submit import LOG_DIR, available_profiles, slurm_config
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "slurm" / "local-cluster.sh"
 SLURM_DIR = Path(os.environ.get("VAEFORGE_SLURM_DIR", "/tmp/vaeforge-slurm"))
-STEPS = 300  # the preempted job's length: long enough (~30 s) that the preemption lands before it ends
+STEPS = 150  # the preempted job's length: long enough (~15 s) that the preemption lands well before it ends
 SWEEP_STEPS = 120  # each sweep point's: the first point is preempted after its first checkpoint (every 5 steps)
 
 
