@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from helpers import PY, run
 from vaeforge.config import available_recipes, load_config, save_config
+from vaeforge.config.loader import apply_by_precision
 from vaeforge.errors import ConfigError
 from vaeforge.train.__main__ import main as train_main
 
@@ -44,6 +45,12 @@ def test_saved_config_round_trips(tmp_path):
     ({"recipe": "lfw_unet", "trainr.max_steps": 3}, "did you mean 'trainer'?"),
     ({"recipe": "lfw_unet", "trainer.max_steps": "abc"}, "bad value for 'trainer.max_steps'"),
     ({}, "no recipe given"),
+    ({"recipe": "lfw_unet", "by_precision.fp32.model.latent_dim": 8}, "by_precision.fp32: fp32 is called 'no' there"),
+    ({"recipe": "lfw_unet", "by_precision.bf61.model.latent_dim": 8},
+     "unknown by_precision key 'bf61' (valid: bf16, fp16, no; did you mean 'bf16'?)"),
+    ({"recipe": "lfw_unet", "by_precision.no.model.latent_dimm": 8},
+     "unknown key 'model.latent_dimm' in by_precision.no (at model: valid: backbone, latent_dim; did you mean"),
+    ({"recipe": "lfw_unet", "by_precision.no.model.latent_dim": "x"}, "bad value for 'model.latent_dim' in by_precision.no"),
 ])
 def test_config_errors(args, expected):
     with pytest.raises(ConfigError) as err:
@@ -121,6 +128,32 @@ def test_replacing_a_plugin_drops_the_recipe_args_of_the_old_one():
     assert dict(cfg.model.backbone.args) == {"hidden": [8]}
     same = load_config({"recipe": "lfw_unet", "model.backbone.name": "unet"})
     assert "widths" in same.model.backbone.args
+
+
+def test_by_precision_settings_apply_for_the_precision_that_trains_under_the_command_line():
+    """lfw_unet trains narrower stages in fp32; the precision is resolved where the run trains, so a config loaded
+    elsewhere (a submit, a login node) keeps the settings; a key on the command line wins for every precision."""
+    here = {p: load_config({"recipe": "lfw_unet"}, precision=lambda cfg, p=p: p) for p in ("no", "bf16")}
+    assert list(here["no"].model.backbone.args.widths) == [32, 64, 128]
+    assert list(here["bf16"].model.backbone.args.widths) == [64, 128, 256]
+    assert here["no"].by_precision is None and here["bf16"].by_precision is None  # what ran, nothing pending
+    pending = load_config({"recipe": "lfw_unet"})
+    assert OmegaConf.to_container(pending.by_precision) == {"no": {"model.backbone.args.widths": [32, 64, 128]}}
+    assert apply_by_precision(pending, "no").model.backbone.args.widths == [32, 64, 128]  # Trainer(cfg) callers
+    given = load_config({"recipe": "lfw_unet", "model.backbone.args.widths": [8, 16]}, precision=lambda cfg: "no")
+    assert list(given.model.backbone.args.widths) == [8, 16]
+    added = load_config({"recipe": "lfw_unet", "by_precision.no.model.latent_dim": 64,
+                         "model.backbone.args.widths": [8]}, precision=lambda cfg: "no")
+    assert added.model.latent_dim == 64 and list(added.model.backbone.args.widths) == [8]
+    # recipes over lfw_unet: another backbone drops the unet's settings, lfw_unet_128 drops them all (null)
+    for recipe in ("lfw_resnet", "lfw_kl_f8", "lfw_unet_128"):
+        base = load_config({"recipe": recipe})
+        fp32 = load_config({"recipe": recipe}, precision=lambda cfg: "no")
+        assert OmegaConf.to_container(fp32.model) == OmegaConf.to_container(base.model), recipe
+    replaced = load_config({"recipe": "lfw_unet", "model.backbone.name": "mlp"}, precision=lambda cfg: "no")
+    assert "widths" not in replaced.model.backbone.args
+    assert load_config({"recipe": "lfw_unet_nll"}, precision=lambda cfg: "no").model.backbone.args.widths == \
+        [32, 64, 128]  # a recipe over lfw_unet with the same backbone inherits them
 
 
 def test_override_words_stay_words():

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import PY, TINY, TRAINED_STEPS, env, kill_group, launch, train, wait_for
+from helpers import PY, TINY, TINY_RUN, TRAINED_STEPS, env, kill_group, launch, train, wait_for
 from vaeforge.runs.checkpoints import latest_checkpoint
 
 CKPT = "checkpoints"
@@ -150,6 +150,27 @@ def test_a_few_hundred_steps_beat_the_mean_face(lfw64, tmp_path):
     mse_mean = float((mean_face - val).square().mean())
     print(f"val MSE: model {mse_model:.4f}, mean face {mse_mean:.4f}")
     assert mse_model < 0.6 * mse_mean
+
+
+def test_by_precision_settings_follow_the_precision_the_run_trains_in_and_are_saved_applied(lfw64, tmp_path):
+    """The settings of the precision this run resolves to are what it trains and what its folder records; a
+    resume and ``vaeforge.load`` build that model, whatever precision they run in."""
+    import vaeforge
+    from vaeforge.config.yamlfile import read_yaml
+
+    run_dir = tmp_path / "run"
+    args = [*TINY_RUN, f"data.shards={lfw64}", f"run_dir={run_dir}", "trainer.mixed_precision=no",
+            "by_precision.no.model.backbone.args.widths=[8,16,24]", "by_precision.bf16.model.latent_dim=4"]
+    out = train(*args, "trainer.max_steps=2")
+    assert "training in fp32, so by_precision.no: model.backbone.args.widths=[8, 16, 24]" in out.stdout, out.stdout
+    saved = read_yaml(run_dir / "config.yaml", "run config")
+    assert saved["model"]["backbone"]["args"]["widths"] == [8, 16, 24] and saved["model"]["latent_dim"] == 16
+    assert saved["by_precision"] is None
+    train(f"run_dir={run_dir}", f"data.shards={lfw64}", "resume=true", "trainer.max_steps=3",
+          "trainer.mixed_precision=bf16")  # another precision: the saved architecture, not by_precision.bf16's
+    model = vaeforge.load(run_dir)
+    assert model.latent_dim == 16 and model.vae.encoder is not None
+    assert {p.shape[0] for p in model.vae.parameters() if p.ndim == 4} >= {8, 16, 24}
 
 
 def test_time_limit_and_gradient_accumulation(lfw64, tmp_path):

@@ -1,7 +1,9 @@
 """Find recipes, apply overrides, validate against the schema, and explain every mistake in one line."""
 from __future__ import annotations
 
+import logging
 from dataclasses import is_dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +12,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError, PluginError, did_you_mean, unknown_choice
 from .fields import check_values
-from .schema import RunConfig
+from .schema import PRECISIONS, RunConfig
 from .shipped import named_files
 from .yamlfile import read_yaml
 
 RECIPE_SUFFIX = ".yaml"
+PRECISION_NAMES = {"no": "fp32"}
+log = logging.getLogger("vaeforge.config")
 
 
 def available_recipes() -> dict[str, Path]:
@@ -39,6 +43,8 @@ def load_recipe(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
     if name in _seen:
         raise ConfigError(f"recipe '{name}' inherits from itself ({' -> '.join(_seen + (name,))})")
     data = read_yaml(_recipe_path(name), "recipe")
+    if isinstance(data.get("by_precision"), dict):  # dotted keys, so that a replaced plugin's can be dropped
+        data["by_precision"] = {p: flatten(v) if isinstance(v, dict) else v for p, v in data["by_precision"].items()}
     base = data.pop("base", None)
     if base is None:
         return data
@@ -68,6 +74,8 @@ def check_keys(schema: DictConfig, dotted_keys: list[str], where: str) -> None:
         for depth, part in enumerate(parts):
             if not isinstance(node, DictConfig):
                 break
+            if node._is_none():
+                break  # an optional mapping left null (by_precision): checked by its own rules
             is_open_dict = OmegaConf.get_type(node) is dict
             if part not in node.keys():
                 if is_open_dict:
@@ -104,10 +112,17 @@ def _drop_args_of_replaced_plugins(cfg: DictConfig, overrides: dict[str, Any]) -
         spec = OmegaConf.select(cfg, key[: -len(".name")])
         if isinstance(spec, DictConfig) and "args" in spec and spec.get("name") not in (None, value):
             spec.args = {}
+            args = key[: -len(".name")] + ".args"
+            for settings in (cfg.get("by_precision") or {}).values():
+                for dotted in [k for k in settings if k == args or k.startswith(args + ".")]:
+                    del settings[dotted]
 
 
-def load_config(args: dict[str, Any], saved: Path | None = None) -> DictConfig:
-    """The run config: schema defaults <- saved config (on resume) <- recipe <- ``key=value`` overrides."""
+def load_config(args: dict[str, Any], saved: Path | None = None,
+                precision: Callable[[DictConfig], str] | None = None) -> DictConfig:
+    """The run config: schema defaults <- saved config (on resume) <- recipe <- ``key=value`` overrides.
+    ``precision`` (the config -> the precision it trains in on this machine) applies ``by_precision`` for a
+    training; without it the settings stay for the machine that trains."""
     cfg: DictConfig = OmegaConf.structured(RunConfig)
     if saved is not None:
         cfg = merge(cfg, read_yaml(saved, "run config"), str(saved))
@@ -126,6 +141,51 @@ def load_config(args: dict[str, Any], saved: Path | None = None) -> DictConfig:
             raise ConfigError(f"loss term '{term}' has no name: set losses.{term}.name")
     if not cfg.run_dir:
         cfg.run_dir = str(Path("runs") / Path(str(cfg.recipe)).stem)
+    _settle_by_precision(cfg, args)
+    if precision is not None and cfg.by_precision:
+        cfg = apply_by_precision(cfg, precision(cfg))
+    return cfg
+
+
+def _settle_by_precision(cfg: DictConfig, args: dict[str, Any]) -> None:
+    """``by_precision`` in dotted keys (the command line's ``by_precision.no.a.b=1`` came as a tree), checked,
+    without the keys the command line set: it wins over the recipe's settings for any precision."""
+    if cfg.by_precision:
+        cfg.by_precision = {name: flatten(OmegaConf.to_container(settings)) if settings else {}
+                            for name, settings in cfg.by_precision.items()}
+    _check_by_precision(cfg)
+    for settings in (cfg.by_precision or {}).values():
+        for dotted in [k for k in settings if any(k == a or k.startswith(a + ".") or a.startswith(k + ".")
+                                                  for a in args)]:
+            del settings[dotted]
+
+
+def _check_by_precision(cfg: DictConfig) -> None:
+    """``by_precision``'s precisions and keys are checked wherever a config loads, not only where it trains."""
+    for name, settings in (cfg.by_precision or {}).items():
+        if name in ("fp32", "float32"):
+            raise ConfigError(f"by_precision.{name}: fp32 is called 'no' there, as in trainer.mixed_precision=no")
+        if name not in PRECISIONS[1:]:
+            raise unknown_choice("by_precision key", name, PRECISIONS[1:])
+        flat = flatten(OmegaConf.to_container(settings))
+        check_keys(cfg, list(flat), f"by_precision.{name}")
+        if any(key.split(".")[0] == "by_precision" for key in flat):
+            raise ConfigError(f"by_precision.{name} cannot set by_precision")
+        merge(cfg, overrides_as_tree(flat), f"by_precision.{name}")  # the values' types, on a machine of any kind
+
+
+def apply_by_precision(cfg: DictConfig, precision: str) -> DictConfig:
+    """``cfg`` with the settings of ``by_precision.<precision>`` applied and ``by_precision`` cleared, so that
+    the saved config says what ran."""
+    if not cfg.by_precision:
+        return cfg
+    _check_by_precision(cfg)
+    settings = flatten(OmegaConf.to_container(cfg.by_precision.get(precision) or OmegaConf.create()))
+    cfg = merge(cfg, overrides_as_tree(settings), f"by_precision.{precision}")
+    cfg.by_precision = None
+    if settings:
+        log.info(f"training in {PRECISION_NAMES.get(precision, precision)}, so by_precision.{precision}: "
+                 + " ".join(f"{k}={v}" for k, v in settings.items()))
     return cfg
 
 

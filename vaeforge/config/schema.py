@@ -98,3 +98,4 @@ class RunConfig:
     losses: Dict[str, LossSpec] = field(default_factory=dict)  # term name -> {name, weight, args}; the total is the weighted sum
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    by_precision: Optional[Dict[str, Dict[str, Any]]] = None  # settings by the precision trainer.mixed_precision resolves to where the run trains: {no (fp32) | bf16 | fp16: {key: value}}; the command line wins; applied when training starts, then cleared (a run folder's config holds what ran); null: none

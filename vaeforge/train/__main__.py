@@ -29,7 +29,7 @@ def resolve_config(args: dict):
     if args.get("resume") and args.get("run_dir"):
         candidate = Path(str(args["run_dir"])) / CONFIG_FILE
         saved = candidate if candidate.is_file() else None
-    cfg = load_config(args, saved=saved)
+    cfg = load_config(args, saved=saved, precision=_precision_here)
     # a run folder is data: modules only its saved config names are not imported, nor its data commands run
     # (the user passes them again)
     folder = OmegaConf.create(read_yaml(saved, "run config")) if saved else OmegaConf.create()
@@ -41,6 +41,13 @@ def resolve_config(args: dict):
         check_plugins(cfg)
     check_values(OmegaConf.to_object(cfg))
     return cfg
+
+
+def _precision_here(cfg) -> str:
+    """The precision this process trains ``cfg`` in (the recipe's ``by_precision`` settings follow it)."""
+    from .distributed import Launch, resolve_precision
+
+    return resolve_precision(cfg.trainer.mixed_precision, Launch.from_env())
 
 
 def _refuse_folder_commands(cfg, folder, args: dict) -> None:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import __version__
 from ..config.fields import check_values
+from ..config.loader import apply_by_precision
 from ..config.schema import RunConfig
 from ..data.corrupt import check as check_corruption
 from ..data.corrupt import corrupt
@@ -52,12 +53,13 @@ class Trainer:
     budget or SIGTERM. ``callbacks`` run after the built-in ones."""
 
     def __init__(self, cfg: DictConfig, callbacks: list[Callback] | None = None) -> None:
+        launch = dist.Launch.from_env()
+        precision = dist.resolve_precision(cfg.trainer.mixed_precision, launch)
+        cfg = apply_by_precision(cfg, precision)  # a config built in Python, not through load_config's training path
         self.cfg = absolute_data(cfg)  # as resolved: saved into the run folder
         self.opts: RunConfig = OmegaConf.to_object(cfg)  # typed copy the engine reads (DictConfig reads are slow)
         self._check(self.opts)
         t = self.opts.trainer
-        launch = dist.Launch.from_env()
-        precision = dist.resolve_precision(t.mixed_precision, launch)
         dist.check_launch(launch, precision)
         self.run_dir = Path(self.opts.run_dir)
         self.acc = dist.make_accelerator(precision, t.grad_accum, launch, self.run_dir,
