@@ -112,10 +112,15 @@ def _drop_args_of_replaced_plugins(cfg: DictConfig, overrides: dict[str, Any]) -
         spec = OmegaConf.select(cfg, key[: -len(".name")])
         if isinstance(spec, DictConfig) and "args" in spec and spec.get("name") not in (None, value):
             spec.args = {}
-            args = key[: -len(".name")] + ".args"
-            for settings in (cfg.get("by_precision") or {}).values():
-                for dotted in [k for k in settings if k == args or k.startswith(args + ".")]:
-                    del settings[dotted]
+            _drop_by_precision_keys(cfg, [key[: -len(".name")] + ".args"])
+
+
+def _drop_by_precision_keys(cfg: DictConfig, keys: list[str]) -> None:
+    """Remove from every ``by_precision`` entry the settings at, under or above any of ``keys`` (dotted)."""
+    for settings in (cfg.get("by_precision") or {}).values():
+        for dotted in [k for k in settings if any(k == a or k.startswith(a + ".") or a.startswith(k + ".")
+                                                  for a in keys)]:
+            del settings[dotted]
 
 
 def load_config(args: dict[str, Any], saved: Path | None = None,
@@ -154,10 +159,7 @@ def _settle_by_precision(cfg: DictConfig, args: dict[str, Any]) -> None:
         cfg.by_precision = {name: flatten(OmegaConf.to_container(settings)) if settings else {}
                             for name, settings in cfg.by_precision.items()}
     _check_by_precision(cfg)
-    for settings in (cfg.by_precision or {}).values():
-        for dotted in [k for k in settings if any(k == a or k.startswith(a + ".") or a.startswith(k + ".")
-                                                  for a in args)]:
-            del settings[dotted]
+    _drop_by_precision_keys(cfg, list(args))
 
 
 def _check_by_precision(cfg: DictConfig) -> None:
