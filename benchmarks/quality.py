@@ -11,13 +11,18 @@ Each model trains for the same wall-clock budget with the same number of CPU thr
                           latent 128, mirrored decoder, sigmoid, MSE-sum + KL, Adam 1e-3, batch 64
 
 Then, on every val image: PSNR, SSIM and LPIPS-AlexNet of the posterior-mean reconstructions (rounded to
-8 bits), and the Frechet distance between mean-pooled AlexNet conv5 features (the LPIPS trunk at the images'
-own resolution, as the evaluate task's ``fd_alexnet``) of ``--samples`` prior samples (8-bit) and of the val
-images; and the same distance for samples of a 10-component Gaussian mixture fitted on the posterior means of the
-training images (ex-post density estimation, as ``sample sampler=gmm``); and the checkerboard power
-(``vaeforge.metrics.checkerboard_power``) of the reconstructions and of both kinds of samples, as ratios to that
-of the val images (``cb_recon``, ``cb_prior``, ``cb_gmm``: 1 is as much as photos have). Data loading and evaluation are outside
-the budget; vaeforge's in-run validation is inside it.
+8 bits), and Frechet distances between mean-pooled AlexNet conv5 features (the LPIPS trunk at the images' own
+resolution, as the evaluate task's ``fd_alexnet``) of the val images and of: their reconstructions
+(``fd_conv5_recon``); ``--samples`` (8-bit) samples of N(0, I) (``fd_conv5``); of a 10-component Gaussian mixture
+fitted on the posterior means of the training images (ex-post density estimation, as ``sample sampler=gmm``;
+``fd_conv5_gmm``); and of the learned prior ``sample`` draws from by default, fitted on the same means with its
+default options (``flow`` for vector latents, ``conv_diffusion`` for latent tensors; ``fd_conv5_learned``, its fit
+time ``learned_fit_s``). The checkerboard power (``vaeforge.metrics.checkerboard_power``) of the reconstructions
+and of each kind of samples is reported as a ratio to that of the val images (``cb_*``: 1 is as much as photos
+have). Each contestant's reconstruction grid (val images above, reconstructions below) and learned-prior sample
+grid go to ``<out>/<budget>s/<model>_recon.png`` and ``_samples.png``. Data loading and evaluation are outside the
+budget; vaeforge's in-run validation is inside it. ``--budget-seconds 600,1800`` runs every contestant at each
+budget; the report starts with the machine (CPU model, ISA flags, whether bf16 is native).
 
     python benchmarks/quality.py --shards data/lfw64 --budget-seconds 600 --threads 2 \\
         --lpips-weights ../shared/weights/lpips_alexnet.safetensors --out runs/bench_quality
@@ -40,6 +45,7 @@ import torch
 from torch import nn
 
 import vaeforge
+from common import machine
 from vaeforge.config import available_recipes
 from vaeforge.data.stream import eval_batches
 from vaeforge.data.manifest import read_manifest, shard_paths
@@ -47,6 +53,9 @@ from vaeforge.models.prior import fit_prior
 from vaeforge.metrics import checkerboard_power, frechet_distance, psnr, ssim
 from vaeforge.models.lpips import LPIPS
 from vaeforge.runs import checkpoints as ckpt
+from vaeforge.runs.layout import RUN_FILE
+from vaeforge.runs.priors import VECTOR_SAMPLER
+from vaeforge.tasks.image_files import save_grid
 
 MODELS = ("lfw_unet", "lfw_resnet", "pythae_celeba", "pythae_baseline", "baseline")
 LATENT = 128
@@ -54,24 +63,31 @@ BATCH = 64
 LR = 1e-3
 EVAL_BATCH = 128
 GMM_COMPONENTS = 10
-COLUMNS = ("model", "params_M", "images_per_s", "steps", "psnr", "ssim", "lpips_alex", "fd_conv5", "fd_conv5_gmm",
-           "cb_recon", "cb_prior", "cb_gmm")
+TENSOR_SAMPLER = "conv_diffusion"  # what `sample` draws latent tensors from (VECTOR_SAMPLER for vectors)
+GRID_IMAGES = 8  # val images (and their reconstructions) per grid row; sample grids hold twice as many
 
 
 @dataclass
 class Result:
     model: str
+    budget_s: float
+    precision: str  # what it trained in: fp32, bf16 or fp16
     params_M: float
     images_per_s: float
     steps: int
     psnr: float
     ssim: float
     lpips_alex: float
+    fd_conv5_recon: float
     fd_conv5: float
     fd_conv5_gmm: float
+    fd_conv5_learned: float
+    learned: str  # the learned prior's plugin
+    learned_fit_s: float
     cb_recon: float
     cb_prior: float
     cb_gmm: float
+    cb_learned: float
 
 
 @dataclass
@@ -84,6 +100,7 @@ class Trained:
     steps: int
     images: int
     seconds: float
+    precision: str = "fp32"
 
 
 # ----- data ------------------------------------------------------------------------------------------------------
@@ -149,11 +166,14 @@ def train_vaeforge(recipe: str, args: argparse.Namespace) -> Trained:
            f"run_dir={run_dir}", f"trainer.time_budget={args.budget_seconds}", f"trainer.max_steps={10**9}",
            "trainer.progress=false"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    if args.lpips_weights:  # the perceptual loss finds the same file
+        env["VAEFORGE_LPIPS_WEIGHTS"] = str(Path(args.lpips_weights).resolve().parent)
     subprocess.run(cmd, check=True, env=env)
     state = ckpt.read_state(ckpt.latest_checkpoint(run_dir))
+    precision = json.loads((run_dir / RUN_FILE).read_text())["mixed_precision"]
     model = vaeforge.load(run_dir)
     return Trained(lambda x: model.encode(x)[0], model.decode, count(model.vae), state.step, state.images_seen,
-                   float(args.budget_seconds))
+                   float(args.budget_seconds), "fp32" if precision == "no" else precision)
 
 
 class Budget(Exception):
@@ -254,10 +274,11 @@ def conv5(lpips: LPIPS, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: Trained, val: torch.Tensor, train: torch.Tensor, lpips: LPIPS, samples: int
-             ) -> dict[str, float]:
-    """Reconstruction metrics on every val image; Frechet distances of prior and mixture samples to val; the
-    checkerboard ratios of reconstructions and samples."""
+def evaluate(model: Trained, val: torch.Tensor, train: torch.Tensor, lpips: LPIPS, samples: int, grids: Path
+             ) -> dict[str, float | str]:
+    """Reconstruction metrics on every val image; Frechet distances of reconstructions and of N(0, I), mixture and
+    learned-prior samples to val; the checkerboard ratios of each; the grids saved as ``<grids>_recon.png`` and
+    ``<grids>_samples.png``."""
     x = to_unit(val)
     recon = torch.cat([to_8bit(model.decode(model.encode_mean(chunk))) for chunk in x.split(EVAL_BATCH)])
     distance = torch.cat([lpips(a, b) for a, b in zip(recon.split(EVAL_BATCH), x.split(EVAL_BATCH))])
@@ -273,10 +294,18 @@ def evaluate(model: Trained, val: torch.Tensor, train: torch.Tensor, lpips: LPIP
     prior = decode(torch.randn(samples, *mu.shape[1:], generator=torch.Generator().manual_seed(0)))  # its latent shape
     mixture = fit_prior("gmm", {"components": GMM_COMPONENTS, "covariance": "full"}, mu, progress=False)
     mixed = decode(mixture.sample(samples, torch.Generator().manual_seed(0)))
+    learned = fit_prior(VECTOR_SAMPLER if mu.dim() == 2 else TENSOR_SAMPLER, {}, mu, progress=False)
+    drawn = decode(learned.sample(samples, torch.Generator().manual_seed(0)))
+    shown = torch.linspace(0, len(x) - 1, GRID_IMAGES).long()  # spread over the split: different people
+    save_grid([list(x[shown]), list(recon[shown])], grids.with_name(f"{grids.name}_recon.png"))
+    save_grid(drawn[:2 * GRID_IMAGES], grids.with_name(f"{grids.name}_samples.png"), nrow=GRID_IMAGES)
     return {"psnr": float(psnr(recon, x).mean()), "ssim": float(ssim(recon, x).mean()),
-            "lpips_alex": float(distance.mean()), "fd_conv5": frechet_distance(conv5(lpips, prior), real),
-            "fd_conv5_gmm": frechet_distance(conv5(lpips, mixed), real), "cb_recon": checkerboard(recon),
-            "cb_prior": checkerboard(prior), "cb_gmm": checkerboard(mixed)}
+            "lpips_alex": float(distance.mean()), "fd_conv5_recon": frechet_distance(conv5(lpips, recon), real),
+            "fd_conv5": frechet_distance(conv5(lpips, prior), real),
+            "fd_conv5_gmm": frechet_distance(conv5(lpips, mixed), real),
+            "fd_conv5_learned": frechet_distance(conv5(lpips, drawn), real), "learned": learned.name,
+            "learned_fit_s": learned.fit_seconds, "cb_recon": checkerboard(recon), "cb_prior": checkerboard(prior),
+            "cb_gmm": checkerboard(mixed), "cb_learned": checkerboard(drawn)}
 
 
 def run_one(name: str, args: argparse.Namespace) -> Result:
@@ -290,21 +319,25 @@ def run_one(name: str, args: argparse.Namespace) -> Result:
         model = train_baseline(train, args)
     else:
         model = train_pythae(name[len("pythae_"):], train, args)
-    metrics = evaluate(model, load_split(args.shards, "val"), train, LPIPS("alex", args.lpips_weights), args.samples)
-    return Result(name, round(model.params / 1e6, 2), round(model.images / model.seconds, 1), model.steps,
-                  **{k: round(v, 4) for k, v in metrics.items()})
+    metrics = evaluate(model, load_split(args.shards, "val"), train, LPIPS("alex", args.lpips_weights), args.samples,
+                       args.out / name)
+    return Result(name, args.budget_seconds, model.precision, round(model.params / 1e6, 2),
+                  round(model.images / model.seconds, 1), model.steps,
+                  **{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
 
 
 # ----- orchestration ---------------------------------------------------------------------------------------------
 def table(results: list[Result]) -> str:
-    rows = [COLUMNS, tuple("---" for _ in COLUMNS), *[tuple(str(v) for v in asdict(r).values()) for r in results]]
+    columns = tuple(asdict(results[0]))
+    rows = [columns, tuple("---" for _ in columns), *[tuple(str(v) for v in asdict(r).values()) for r in results]]
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", type=Path, default=Path("data/lfw64"), help="folder from vaeforge prepare")
-    parser.add_argument("--budget-seconds", type=float, default=600.0, help="training wall-clock per model")
+    parser.add_argument("--budget-seconds", default="600",
+                        help="training wall-clock per model; several (600,1800) train every model at each")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per model")
     parser.add_argument("--lpips-weights", default=None, help="lpips_alexnet.safetensors (default: found as usual)")
     parser.add_argument("--samples", type=int, default=2000, help="prior samples for the Frechet distance")
@@ -312,8 +345,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench_quality"))
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # train + evaluate one model, then exit
     args = parser.parse_args()
+    budgets = [float(b) for b in args.budget_seconds.split(",") if b]
     args.out.mkdir(parents=True, exist_ok=True)
     if args.worker:
+        args.budget_seconds = budgets[0]
         result = run_one(args.worker, args)
         (args.out / f"{args.worker}.json").write_text(json.dumps(asdict(result), indent=1))
         return
@@ -321,12 +356,15 @@ def main() -> None:
     unknown = sorted(set(names) - set(MODELS) - set(available_recipes()))
     if unknown:
         parser.error(f"unknown models {unknown} (valid: {', '.join(MODELS)}, or any vaeforge recipe)")
-    results = []
-    for name in names:  # one process per model: fresh threads and memory, nothing shared between contestants
-        subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker", name], check=True,
-                       env={**os.environ, "TQDM_DISABLE": "1"})
-        results.append(Result(**json.loads((args.out / f"{name}.json").read_text())))
-    report = f"budget {args.budget_seconds:g} s per model, {args.threads} threads\n\n{table(results)}\n"
+    report, results = f"{machine()}; {args.threads} threads per model\n", []
+    for budget in budgets:
+        out, done = args.out / f"{budget:g}s", []
+        for name in names:  # one process per model: fresh threads and memory, nothing shared between contestants
+            subprocess.run([sys.executable, __file__, *sys.argv[1:], "--budget-seconds", f"{budget:g}", "--out",
+                            str(out), "--worker", name], check=True, env={**os.environ, "TQDM_DISABLE": "1"})
+            done.append(Result(**json.loads((out / f"{name}.json").read_text())))
+        report += f"\nbudget {budget:g} s per model (grids in {out})\n\n{table(done)}\n"
+        results += done
     (args.out / "results.md").write_text(report)
     (args.out / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
     print(report)
