@@ -29,10 +29,10 @@ from bare_step import BareStep
 from common import recipe_parser
 from memory import peak_rss_mb
 from vaeforge.cli.args import parse_overrides
-from vaeforge.config import load_config
 from vaeforge.data.stream import eval_batches
 from vaeforge.data.manifest import read_manifest, shard_paths
 from vaeforge.train.callbacks import Callback
+from vaeforge.train.__main__ import resolve_config  # the recipe as training resolves it (by_precision)
 
 
 def engine_overrides(args: argparse.Namespace) -> list[str]:
@@ -139,7 +139,6 @@ def interleaved(args: argparse.Namespace) -> dict[str, list[float]]:
     """Engine and bare loop in one process, alternating blocks of ``--block`` steps: the real ``Trainer.fit``
     (its loader decoding in-process, so that all of its data work is charged to it), and after each engine block
     a bare block on preloaded batches, timed on its own. Images/s per block of each."""
-    from vaeforge.train.__main__ import resolve_config
     from vaeforge.train.trainer import Trainer
 
     total = args.warmup + args.blocks * args.block
@@ -177,7 +176,7 @@ def main() -> None:
     parser.add_argument("--interleaved", action="store_true", help=argparse.SUPPRESS)  # run it, print JSON
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = load_config({"recipe": args.recipe, **parse_overrides(args.set)})
+    cfg = resolve_config({"recipe": args.recipe, **parse_overrides(args.set)})
     if args.bare:
         batches = preload(cfg, args.data, args.steps + args.warmup)
         print(bare_loop(cfg, int(read_manifest(args.data)["image_size"]), batches, args.warmup))

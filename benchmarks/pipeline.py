@@ -16,9 +16,9 @@ import torch
 
 from bare_step import BareStep
 from common import recipe_parser
-from vaeforge.config import load_config
 from vaeforge.data.stream import StreamSpec, train_loader
 from vaeforge.data.manifest import read_manifest, shard_paths
+from vaeforge.train.__main__ import resolve_config  # the recipe as training resolves it (by_precision)
 
 
 def loader_rate(data: Path, batch: int, batches: int, workers: int) -> float:
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = load_config({"recipe": args.recipe})
+    cfg = resolve_config({"recipe": args.recipe})
     batch = cfg.data.batch_size
     train_rate = batch / step_seconds(cfg, int(read_manifest(args.data)["image_size"]), batch)
     print(f"recipe {args.recipe}: training consumes {train_rate:.1f} images/s ({args.threads} threads, batch {batch})")

@@ -29,13 +29,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bare_step import BareStep
-from common import recipe_parser
+from common import machine, recipe_parser
 from overhead import listed
 from vaeforge.cli.args import parse_overrides
-from vaeforge.config import load_config
 from vaeforge.data.manifest import read_manifest
 from vaeforge.train import speed as speeds
 from vaeforge.train.distributed import Launch, native_bf16, resolve_precision
+from vaeforge.train.__main__ import resolve_config  # the recipe as training resolves it (by_precision)
 
 VARIANTS = {"eager": ("off", "off"), "channels_last": ("on", "off"), "compiled": ("off", "on"), "both": ("on", "on")}
 PEAK_SIZE = 2048
@@ -55,7 +55,7 @@ def matmul_peak(dtype: torch.dtype, repeats: int = 10) -> float:
 
 def variant_config(args: argparse.Namespace, name: str):
     layout, compiled = VARIANTS[name]
-    return load_config({"recipe": args.recipe, **parse_overrides(args.set), "trainer.channels_last": layout,
+    return resolve_config({"recipe": args.recipe, **parse_overrides(args.set), "trainer.channels_last": layout,
                         "trainer.compile": compiled})
 
 
@@ -146,7 +146,7 @@ def main() -> None:
         print(json.dumps(startup(args, size, args.startup)))
         return
 
-    cfg = load_config({"recipe": args.recipe, **parse_overrides(args.set)})
+    cfg = resolve_config({"recipe": args.recipe, **parse_overrides(args.set)})
     precision = resolve_precision(cfg.trainer.mixed_precision, Launch.from_env())
     recipe = speeds.resolve(cfg.trainer, precision, None)
     chosen = {(False, False): "eager", (True, False): "channels_last", (False, True): "compiled",
@@ -163,6 +163,7 @@ def main() -> None:
     wall, busy = interleaved(args, size)
     peaks_after = {"fp32": matmul_peak(torch.float32)}
 
+    print(machine())
     print(f"recipe {args.recipe}, batch {cfg.data.batch_size}, {args.threads} threads, precision {precision}, "
           f"device kind {speeds.device_kind()}, overrides {args.set or 'none'}")
     print(f"matmul peak {PEAK_SIZE}^3: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items())
