@@ -20,7 +20,8 @@ default options (``flow`` for vector latents, ``conv_diffusion`` for latent tens
 time ``learned_fit_s``). The checkerboard power (``vaeforge.metrics.checkerboard_power``) of the reconstructions
 and of each kind of samples is reported as a ratio to that of the val images (``cb_*``: 1 is as much as photos
 have). Each contestant's reconstruction grid (val images above, reconstructions below) and learned-prior sample
-grid go to ``<out>/<budget>s/<model>_recon.png`` and ``_samples.png``. Data loading and evaluation are outside the
+grid go to ``<out>/<budget>s/<model>_recon.png`` and ``_samples.png``, all of them side by side to ``recon_all.png``
+and ``samples_all.png``. Data loading and evaluation are outside the
 budget; vaeforge's in-run validation is inside it. ``--budget-seconds 600,1800`` runs every contestant at each
 budget; the report starts with the machine (CPU model, ISA flags, whether bf16 is native).
 
@@ -55,6 +56,7 @@ from vaeforge.models.lpips import LPIPS
 from vaeforge.runs import checkpoints as ckpt
 from vaeforge.runs.layout import RUN_FILE
 from vaeforge.runs.priors import VECTOR_SAMPLER
+from vaeforge.runs.tensorfile import read_tensors, write_tensors
 from vaeforge.tasks.image_files import save_grid
 
 MODELS = ("lfw_unet", "lfw_resnet", "pythae_celeba", "pythae_baseline", "baseline")
@@ -299,6 +301,8 @@ def evaluate(model: Trained, val: torch.Tensor, train: torch.Tensor, lpips: LPIP
     shown = torch.linspace(0, len(x) - 1, GRID_IMAGES).long()  # spread over the split: different people
     save_grid([list(x[shown]), list(recon[shown])], grids.with_name(f"{grids.name}_recon.png"))
     save_grid(drawn[:2 * GRID_IMAGES], grids.with_name(f"{grids.name}_samples.png"), nrow=GRID_IMAGES)
+    write_tensors(grids.with_name(f"{grids.name}_shown.safetensors"),
+                  {"val": x[shown], "recon": recon[shown], "samples": drawn[:GRID_IMAGES]}, {})
     return {"psnr": float(psnr(recon, x).mean()), "ssim": float(ssim(recon, x).mean()),
             "lpips_alex": float(distance.mean()), "fd_conv5_recon": frechet_distance(conv5(lpips, recon), real),
             "fd_conv5": frechet_distance(conv5(lpips, prior), real),
@@ -327,6 +331,18 @@ def run_one(name: str, args: argparse.Namespace) -> Result:
 
 
 # ----- orchestration ---------------------------------------------------------------------------------------------
+def side_by_side(out: Path, names: list[str]) -> None:
+    """``recon_all.png`` (a column of val images, then each contestant's reconstructions of them) and
+    ``samples_all.png`` (a column of learned-prior samples per contestant) in ``out``, captioned."""
+    shown = {n: read_tensors(out / f"{n}_shown.safetensors", "grid images")[1] for n in names}
+    labels = [n.removeprefix("lfw_") for n in names]
+    val = shown[names[0]]["val"]
+    save_grid([[val[i], *(shown[n]["recon"][i] for n in names)] for i in range(len(val))], out / "recon_all.png",
+              columns=["val", *labels])
+    save_grid([[shown[n]["samples"][i] for n in names] for i in range(GRID_IMAGES)], out / "samples_all.png",
+              columns=labels)
+
+
 def table(results: list[Result]) -> str:
     columns = tuple(asdict(results[0]))
     rows = [columns, tuple("---" for _ in columns), *[tuple(str(v) for v in asdict(r).values()) for r in results]]
@@ -363,6 +379,7 @@ def main() -> None:
             subprocess.run([sys.executable, __file__, *sys.argv[1:], "--budget-seconds", f"{budget:g}", "--out",
                             str(out), "--worker", name], check=True, env={**os.environ, "TQDM_DISABLE": "1"})
             done.append(Result(**json.loads((out / f"{name}.json").read_text())))
+        side_by_side(out, names)
         report += f"\nbudget {budget:g} s per model (grids in {out})\n\n{table(done)}\n"
         results += done
     (args.out / "results.md").write_text(report)
