@@ -28,7 +28,7 @@ GROUPS = 8  # GroupNorm groups (fewer when they do not divide the width)
 class ConvDiffusionConfig:
     width: int = at_least(8, 32)  # channels of the denoiser's feature maps (64: ~4x the fitting time)
     blocks: int = at_least(1, 4)  # residual blocks (the attention sits after half of them)
-    steps: int = at_least(1, 2000)  # Adam steps of training (cosine learning-rate decay)
+    steps: int = at_least(1, 8000)  # Adam steps of training (cosine learning-rate decay)
     batch_size: int = at_least(1, 64)  # latents per training step
     lr: float = 1e-3  # peak learning rate (AdamW)
     sample_steps: int = at_least(1, 32)  # Heun steps of the ODE from noise to latent (2 network evaluations each)
