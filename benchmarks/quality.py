@@ -20,10 +20,10 @@ default options (``flow`` for vector latents, ``conv_diffusion`` for latent tens
 time ``learned_fit_s``). The checkerboard power (``vaeforge.metrics.checkerboard_power``) of the reconstructions
 and of each kind of samples is reported as a ratio to that of the val images (``cb_*``: 1 is as much as photos
 have). Each contestant's reconstruction grid (val images above, reconstructions below) and learned-prior sample
-grid go to ``<out>/<budget>s/<model>_recon.png`` and ``_samples.png``, all of them side by side to ``recon_all.png``
-and ``samples_all.png``. Data loading and evaluation are outside the
-budget; vaeforge's in-run validation is inside it. ``--budget-seconds 600,1800`` runs every contestant at each
-budget; the report starts with the machine (CPU model, ISA flags, whether bf16 is native).
+grid go to ``<out>/<budget>s/<model>_recon.png`` and ``_samples.png``, all of them side by side to
+``recon_all.png`` and ``samples_all.png``. Data loading and evaluation are outside the budget; vaeforge's in-run
+validation is inside it. ``--budget-seconds 600,1800`` runs every contestant at each budget; the report starts with
+the machine (CPU model, ISA flags, whether bf16 is native).
 
     python benchmarks/quality.py --shards data/lfw64 --budget-seconds 600 --threads 2 \\
         --lpips-weights ../shared/weights/lpips_alexnet.safetensors --out runs/bench_quality
@@ -55,7 +55,7 @@ from vaeforge.metrics import checkerboard_power, frechet_distance, psnr, ssim
 from vaeforge.models.lpips import LPIPS
 from vaeforge.runs import checkpoints as ckpt
 from vaeforge.runs.layout import RUN_FILE
-from vaeforge.runs.priors import VECTOR_SAMPLER
+from vaeforge.runs.priors import VECTOR_SAMPLER, tensor_priors
 from vaeforge.runs.tensorfile import read_tensors, write_tensors
 from vaeforge.tasks.image_files import save_grid
 
@@ -65,7 +65,6 @@ BATCH = 64
 LR = 1e-3
 EVAL_BATCH = 128
 GMM_COMPONENTS = 10
-TENSOR_SAMPLER = "conv_diffusion"  # what `sample` draws latent tensors from (VECTOR_SAMPLER for vectors)
 GRID_IMAGES = 8  # val images (and their reconstructions) per grid row; sample grids hold twice as many
 
 
@@ -276,11 +275,11 @@ def conv5(lpips: LPIPS, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: Trained, val: torch.Tensor, train: torch.Tensor, lpips: LPIPS, samples: int, grids: Path
-             ) -> dict[str, float | str]:
+def evaluate(model: Trained, val: torch.Tensor, train: torch.Tensor, lpips: LPIPS, samples: int
+             ) -> tuple[dict[str, float | str], dict[str, torch.Tensor]]:
     """Reconstruction metrics on every val image; Frechet distances of reconstructions and of N(0, I), mixture and
-    learned-prior samples to val; the checkerboard ratios of each; the grids saved as ``<grids>_recon.png`` and
-    ``<grids>_samples.png``."""
+    learned-prior samples to val; the checkerboard ratios of each. Also the images to show: ``GRID_IMAGES`` val
+    images of different people, their reconstructions, and twice as many learned-prior samples."""
     x = to_unit(val)
     recon = torch.cat([to_8bit(model.decode(model.encode_mean(chunk))) for chunk in x.split(EVAL_BATCH)])
     distance = torch.cat([lpips(a, b) for a, b in zip(recon.split(EVAL_BATCH), x.split(EVAL_BATCH))])
@@ -296,20 +295,26 @@ def evaluate(model: Trained, val: torch.Tensor, train: torch.Tensor, lpips: LPIP
     prior = decode(torch.randn(samples, *mu.shape[1:], generator=torch.Generator().manual_seed(0)))  # its latent shape
     mixture = fit_prior("gmm", {"components": GMM_COMPONENTS, "covariance": "full"}, mu, progress=False)
     mixed = decode(mixture.sample(samples, torch.Generator().manual_seed(0)))
-    learned = fit_prior(VECTOR_SAMPLER if mu.dim() == 2 else TENSOR_SAMPLER, {}, mu, progress=False)
+    # what `sample` draws from by default: the flow for vectors, the (first) prior over latent tensors for tensors
+    learned = fit_prior(VECTOR_SAMPLER if mu.dim() == 2 else tensor_priors()[0], {}, mu, progress=False)
     drawn = decode(learned.sample(samples, torch.Generator().manual_seed(0)))
     shown = torch.linspace(0, len(x) - 1, GRID_IMAGES).long()  # spread over the split: different people
-    save_grid([list(x[shown]), list(recon[shown])], grids.with_name(f"{grids.name}_recon.png"))
-    save_grid(drawn[:2 * GRID_IMAGES], grids.with_name(f"{grids.name}_samples.png"), nrow=GRID_IMAGES)
-    write_tensors(grids.with_name(f"{grids.name}_shown.safetensors"),
-                  {"val": x[shown], "recon": recon[shown], "samples": drawn[:GRID_IMAGES]}, {})
-    return {"psnr": float(psnr(recon, x).mean()), "ssim": float(ssim(recon, x).mean()),
+    metrics = {"psnr": float(psnr(recon, x).mean()), "ssim": float(ssim(recon, x).mean()),
             "lpips_alex": float(distance.mean()), "fd_conv5_recon": frechet_distance(conv5(lpips, recon), real),
             "fd_conv5": frechet_distance(conv5(lpips, prior), real),
             "fd_conv5_gmm": frechet_distance(conv5(lpips, mixed), real),
             "fd_conv5_learned": frechet_distance(conv5(lpips, drawn), real), "learned": learned.name,
             "learned_fit_s": learned.fit_seconds, "cb_recon": checkerboard(recon), "cb_prior": checkerboard(prior),
             "cb_gmm": checkerboard(mixed), "cb_learned": checkerboard(drawn)}
+    return metrics, {"val": x[shown], "recon": recon[shown], "samples": drawn[:2 * GRID_IMAGES]}
+
+
+def save_shown(images: dict[str, torch.Tensor], out: Path, name: str) -> None:
+    """One contestant's ``<name>_recon.png`` (val images above their reconstructions), ``<name>_samples.png``, and
+    the images themselves for :func:`side_by_side`."""
+    save_grid([list(images["val"]), list(images["recon"])], out / f"{name}_recon.png")
+    save_grid(images["samples"], out / f"{name}_samples.png", nrow=GRID_IMAGES)
+    write_tensors(out / f"{name}_shown.safetensors", images, {})
 
 
 def run_one(name: str, args: argparse.Namespace) -> Result:
@@ -323,8 +328,9 @@ def run_one(name: str, args: argparse.Namespace) -> Result:
         model = train_baseline(train, args)
     else:
         model = train_pythae(name[len("pythae_"):], train, args)
-    metrics = evaluate(model, load_split(args.shards, "val"), train, LPIPS("alex", args.lpips_weights), args.samples,
-                       args.out / name)
+    metrics, shown = evaluate(model, load_split(args.shards, "val"), train, LPIPS("alex", args.lpips_weights),
+                              args.samples)
+    save_shown(shown, args.out, name)
     return Result(name, args.budget_seconds, model.precision, round(model.params / 1e6, 2),
                   round(model.images / model.seconds, 1), model.steps,
                   **{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
