@@ -20,7 +20,7 @@ from vaeforge.models.objective import detached
 from vaeforge.runs.checkpoints import state_digest
 from vaeforge.train.builders import to_float
 from vaeforge.train.groups import frozen
-from vaeforge_plugins.losses.adversarial import discriminator_loss, generator_loss
+from vaeforge_plugins.losses.adversarial import discriminator_loss, generator_loss, gradient_norm
 
 ADV = {"losses.adv.name": "adversarial", "losses.adv.weight": 0.5, "losses.adv.args.disc_width": 8}
 RUN = [*TINY, *(f"{k}={v}" for k, v in ADV.items()), "trainer.audit_samples=true", "trainer.image_every=0",
@@ -76,6 +76,34 @@ def test_adaptive_weight_is_the_ratio_of_gradient_norms_at_the_decoder_s_last_la
         assert float(losses(vae(faces), faces, 0)[1]["adv/adaptive_weight"]) == 1.0
 
 
+def test_adaptive_every_k_steps_computes_the_weight_then_reuses_it(faces, monkeypatch):
+    """``adaptive_every=3`` from ``start=2``: the weight is computed at steps 2 and 5 (the extra backward runs only
+    there) and the steps between reuse the last one whatever their batch; the cached weight is part of the loss
+    state that checkpoints keep. The discriminator trains every ``disc_every``-th step from ``start``."""
+    from vaeforge_plugins.losses import adversarial
+
+    norms = []
+    monkeypatch.setattr(adversarial, "gradient_norm", lambda *a: norms.append(1) or gradient_norm(*a))
+    module, owned = build_with({**ADV, "losses.adv.args.start": 2, "losses.adv.args.adaptive_every": 3,
+                                "losses.adv.args.disc_every": 2})
+    batches = {2: faces, 3: faces.flip(0)[:4], 4: faces[:2], 5: faces.flip(0)[:4]}
+    every_step, _ = build_with({**ADV, "losses.adv.args.start": 2})  # the same terms, computing on every step
+    every_step.losses.load_state_dict(module.losses.state_dict(), strict=False)
+    weights, extra_backwards = {}, {}
+    with frozen(list(owned[0].module.parameters())):
+        for step, images in batches.items():
+            out, before = module.vae(images), len(norms)
+            weights[step] = float(module.losses(out, images, step)[1]["adv/adaptive_weight"])
+            extra_backwards[step] = len(norms) - before
+        alone = every_step.losses(out, images, 5)[1]["adv/adaptive_weight"]
+    assert weights[2] == weights[3] == weights[4] != weights[5]
+    assert extra_backwards == {2: 2, 3: 0, 4: 0, 5: 2}  # reference and generator loss, at computing steps only
+    assert weights[5] == pytest.approx(float(alone), rel=1e-5)  # what computing on every step gives
+    assert float(module.losses.terms["adv"].adaptive_cache) == weights[5]
+    assert "terms.adv.adaptive_cache" in module.losses.state_dict()
+    assert [owned[0].optim.active(s) for s in (1, 2, 3, 4, 5)] == [False, True, False, True, False]
+
+
 def test_before_start_the_term_is_zero_and_the_discriminator_idle(faces):
     """Before ``start`` the generator term is a zero in the graph and the discriminator is not even run; from
     ``start`` its optimizer is active and the term's factor ramps linearly to 1 over ``warmup_steps``."""
@@ -113,10 +141,11 @@ def test_no_gradient_crosses_between_generator_and_discriminator(faces):
 
 def test_training_starts_the_discriminator_on_time_and_resumes_bit_exactly(lfw64, tmp_path):
     """One process: the discriminator's checkpointed weights stay put before ``start`` and change after it; its
-    logits, the adaptive weight and the warm-up are logged; 10 steps straight == 6 + a resumed 4, bit for bit."""
+    logits, the adaptive weight and the warm-up are logged; 10 steps straight == 6 + a resumed 4, bit for bit
+    (with the adaptive weight computed every 3rd step: step 6 reuses step 4's, restored from the checkpoint)."""
     common = [*RUN, f"data.shards={lfw64}", "losses.adv.args.start=4", "losses.adv.args.warmup_steps=2",
-              "trainer.checkpoint_every=2", "trainer.keep_checkpoints=10", "trainer.val_every=5",
-              "trainer.log_every=1"]
+              "losses.adv.args.adaptive_every=3", "trainer.checkpoint_every=2", "trainer.keep_checkpoints=10",
+              "trainer.val_every=5", "trainer.log_every=1"]
     straight = tmp_path / "straight"
     train(*common, f"run_dir={straight}", "trainer.max_steps=10")
     disc = {s: load_file(checkpoint(straight, s) / DISC) for s in (2, 4, 6)}
@@ -139,10 +168,11 @@ def test_training_starts_the_discriminator_on_time_and_resumes_bit_exactly(lfw64
 
 def test_two_processes_stay_replicated_and_resume_bit_exactly(lfw64, tmp_path):
     """DDP on 2 processes with the adaptive weight computed inside the model's forward: both replicas hold the
-    same weights (discriminator included), and a resumed run ends at the uninterrupted one's weights. In the
+    same weights (discriminator included, trained every 2nd step), and a resumed run ends at the uninterrupted
+    one's weights. In the
     channels-last memory format (model, loss terms, discriminator and inputs), which DDP supports."""
-    common = [*RUN, f"data.shards={lfw64}", "losses.adv.args.start=1", "trainer.checkpoint_every=3",
-              "trainer.val_every=0", "trainer.channels_last=on"]
+    common = [*RUN, f"data.shards={lfw64}", "losses.adv.args.start=1", "losses.adv.args.disc_every=2",
+              "trainer.checkpoint_every=3", "trainer.val_every=0", "trainer.channels_last=on"]
     straight = tmp_path / "straight"
     launch(2, "vaeforge.train", *common, f"run_dir={straight}", "trainer.max_steps=6")
     resumed = cut_back(straight, tmp_path / "resumed", 3)

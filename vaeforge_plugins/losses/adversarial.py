@@ -8,7 +8,7 @@ images of a batch would make the logits depend on how a batch is split over rank
 RGB, mapped to [-1, 1].
 
 The discriminator is an owned module (see docs/plugins.md): the engine trains it with its own AdamW from optimizer
-step ``start`` on, on ``owned_loss``, half the sum of its loss on real (the target) and on fake (the detached
+step ``start`` on, every ``disc_every``-th step, on ``owned_loss``, half the sum of its loss on real (the target) and on fake (the detached
 reconstruction) patches, each a mean over patches and batch:
 hinge ``relu(1 - D(real)) + relu(1 + D(fake))``, non_saturating ``softplus(-D(real)) + softplus(D(fake))``.
 
@@ -17,14 +17,17 @@ The model's term (``forward``) is the generator loss, ``-D(fake)`` (hinge) or ``
 0 to 1 over ``warmup_steps``) and, with ``adaptive=true``, latent-diffusion's adaptive weight
 ``||grad_L reference|| / (||grad_L generator|| + 1e-4)`` clamped to [0, max_adaptive_weight] and detached, where
 L is the decoder's last weight and ``reference`` the weighted sum of the other loss terms: the term's weight is
-then the ratio of its gradient to theirs at the decoder's output layer, whatever their scale. The adaptive weight
-is computed in training only; validation (no gradients) uses weight 1, so ``val/<term>`` is the generator loss
+then the ratio of its gradient to theirs at the decoder's output layer, whatever their scale. With
+``adaptive_every=k`` it is computed on every k-th step from ``start`` and reused in between (a buffer, checkpointed
+with the loss weights, so a resumed run reuses the same value; under DDP the steps between take rank 0's). It is
+computed in training only; validation (no gradients) uses weight 1, so ``val/<term>`` is the generator loss
 times the warm-up factor and the term's weight. ``adaptive=true`` is refused under DeepSpeed ZeRO-3 (the last
 layer is partitioned there).
 
-Cost: with ``adaptive=true`` each step backpropagates the other terms and the generator loss to the decoder's last
-layer once more (through LPIPS if the recipe has it); the discriminator's step runs it forward on real and fake
-images and backward.
+Cost: with ``adaptive=true`` a step that computes the weight backpropagates the other terms and the generator loss
+to the decoder's last layer once more (through LPIPS if the recipe has it); the discriminator's step runs it
+forward on real and fake images and backward. ``adaptive_every`` and ``disc_every`` make those steps rarer
+(docs/benchmarks.md#lfw_unet_adv measures what each costs).
 """
 from __future__ import annotations
 
@@ -53,10 +56,12 @@ class AdversarialConfig:
     disc_norm: str = choice("group", NORMS)  # the discriminator's norm: group (GroupNorm, per image) or none
     disc_lr: float = above(0, 2e-4)  # the discriminator's AdamW learning rate (constant)
     disc_betas: list[float] = field(default_factory=lambda: [0.5, 0.9])  # the discriminator's AdamW betas
+    disc_every: int = at_least(1, 1)  # the discriminator trains on every disc_every-th optimizer step from start
     start: int = at_least(0, 0)  # optimizer step from which the discriminator trains and the generator term counts
     warmup_steps: int = at_least(0, 0)  # the generator term's factor ramps linearly from 0 at start to 1 after these
     adaptive: bool = True  # weight the generator term by the gradient-norm ratio at the decoder's last layer
     max_adaptive_weight: float = above(0, 1e4)  # clamp of the adaptive weight (latent-diffusion: 1e4)
+    adaptive_every: int = at_least(1, 1)  # compute the adaptive weight every k-th step from start, reuse it between
 
 
 def discriminator(cfg: AdversarialConfig, channels: int = 3) -> nn.Sequential:
@@ -112,11 +117,14 @@ class Adversarial(LossTerm):
         self.cfg = cfg
         self.balanced = cfg.adaptive  # the engine then passes the other terms' sum as ``reference``
         self.discriminator = discriminator(cfg)
+        if cfg.adaptive and cfg.adaptive_every > 1:  # the weight reused between computations
+            self.register_buffer("adaptive_cache", torch.ones(()))
 
     def owned_modules(self) -> dict[str, OwnedModule]:
         c = self.cfg
         return {"discriminator": OwnedModule(self.discriminator,
-                                             OwnedOptim(lr=c.disc_lr, betas=tuple(c.disc_betas), start=c.start))}
+                                             OwnedOptim(lr=c.disc_lr, betas=tuple(c.disc_betas), every=c.disc_every,
+                                                        start=c.start))}
 
     def warmup(self, step: int) -> float:
         """The generator term's factor at optimizer step ``step``: 0 before ``start``, then a linear ramp to 1."""
@@ -139,22 +147,29 @@ class Adversarial(LossTerm):
             return LossValue(out.logits.sum() * 0.0, {"warmup": factor})
         fake = self.logits(out.recon)
         loss = generator_loss(self.cfg.loss, fake)
-        weight = self.adaptive_weight(loss, reference, out.last_layer)
+        weight = self.adaptive_weight(loss, reference, out.last_layer, step)
         return LossValue(weight * factor * loss, {"warmup": factor, "adaptive_weight": weight,
                                                   "generator": loss.detach(), "logits_fake": fake.detach().mean()})
 
     def adaptive_weight(self, loss: torch.Tensor, reference: torch.Tensor | None,
-                        last_layer: torch.Tensor | None) -> torch.Tensor:
+                        last_layer: torch.Tensor | None, step: int) -> torch.Tensor:
         """latent-diffusion's weight ||grad reference|| / (||grad loss|| + 1e-4) at the decoder's last layer,
-        clamped and detached; 1 when ``adaptive=false`` or not training (validation: no gradients)."""
+        clamped and detached (the cached one between every ``adaptive_every``-th step); 1 when
+        ``adaptive=false`` or not training (validation: no gradients)."""
         if not (self.cfg.adaptive and self.training and torch.is_grad_enabled()):
             return torch.ones((), device=loss.device)
+        cached = hasattr(self, "adaptive_cache")
+        if cached and (step - self.cfg.start) % self.cfg.adaptive_every:
+            return self.adaptive_cache.clone()
         assert reference is not None, "a balanced term gets the other terms' sum from the engine"
         if last_layer is None:
             raise PluginError("loss 'adversarial' (adaptive=true) needs the decoder's last weight (out.last_layer) "
                               "and this backbone's decoder has none: set adaptive=false in its args")
         ratio = gradient_norm(reference, last_layer) / (gradient_norm(loss, last_layer) + GRAD_EPS)
-        return ratio.clamp(0.0, self.cfg.max_adaptive_weight).detach()
+        weight = ratio.clamp(0.0, self.cfg.max_adaptive_weight).detach()
+        if cached:
+            self.adaptive_cache.copy_(weight)
+        return weight
 
     def owned_loss(self, name: str, out: VAEOutput, target: torch.Tensor, step: int) -> LossValue:
         """The discriminator's loss on real (target) vs fake (detached reconstruction) images, in one forward."""
