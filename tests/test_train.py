@@ -132,8 +132,9 @@ def test_a_few_hundred_steps_beat_the_mean_face(lfw64, tmp_path):
 
     run_dir = tmp_path / "quality"
     train("recipe=lfw_unet", f"data.shards={lfw64}", f"run_dir={run_dir}", "model.latent_dim=32",
-          "model.backbone.args.widths=[8,16,32,64]", "model.backbone.args.stem=1", "data.batch_size=32",
-          "data.num_workers=1", "trainer.max_steps=200", "trainer.val_every=0", "trainer.image_every=0", "trainer.checkpoint_every=0",
+          "model.backbone.args.widths=[16,32,64]", "data.batch_size=32",
+          "data.num_workers=1", "trainer.max_steps=200", "trainer.val_every=0", "trainer.image_every=0",
+          "trainer.checkpoint_every=0",
           "trainer.progress=false", "optim.lr=3e-3", "losses.kl.args.warmup_steps=100",
           "trainer.channels_last=off", timeout=900)
     manifest = read_manifest(lfw64)
