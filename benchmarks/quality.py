@@ -23,7 +23,9 @@ have). Each contestant's reconstruction grid (val images above, reconstructions 
 grid go to ``<out>/<budget>s/<model>_recon.png`` and ``_samples.png``, all of them side by side to
 ``recon_all.png`` and ``samples_all.png``. Data loading and evaluation are outside the budget; vaeforge's in-run
 validation is inside it. ``--budget-seconds 600,1800`` runs every contestant at each budget; the report starts with
-the machine (CPU model, ISA flags, whether bf16 is native).
+the machine (CPU model, ISA flags, whether bf16 is native). ``--no-learned-prior`` skips the learned prior's
+fit (``conv_diffusion``: ~10 min on 2 threads; its columns then repeat the mixture's), for quick trials of
+reconstruction settings.
 
     python benchmarks/quality.py --shards data/lfw64 --budget-seconds 600 --threads 2 \\
         --lpips-weights ../shared/weights/lpips_alexnet.safetensors --out runs/bench_quality
@@ -275,11 +277,12 @@ def conv5(lpips: LPIPS, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: Trained, val: torch.Tensor, train: torch.Tensor, lpips: LPIPS, samples: int
-             ) -> tuple[dict[str, float | str], dict[str, torch.Tensor]]:
+def evaluate(model: Trained, val: torch.Tensor, train: torch.Tensor, lpips: LPIPS, samples: int,
+             fit_learned: bool = True) -> tuple[dict[str, float | str], dict[str, torch.Tensor]]:
     """Reconstruction metrics on every val image; Frechet distances of reconstructions and of N(0, I), mixture and
     learned-prior samples to val; the checkerboard ratios of each. Also the images to show: ``GRID_IMAGES`` val
-    images of different people, their reconstructions, and twice as many learned-prior samples."""
+    images of different people, their reconstructions, and twice as many learned-prior samples. Without
+    ``fit_learned`` the mixture stands in for the learned prior (quick trials of reconstruction settings)."""
     x = to_unit(val)
     recon = torch.cat([to_8bit(model.decode(model.encode_mean(chunk))) for chunk in x.split(EVAL_BATCH)])
     distance = torch.cat([lpips(a, b) for a, b in zip(recon.split(EVAL_BATCH), x.split(EVAL_BATCH))])
@@ -296,8 +299,9 @@ def evaluate(model: Trained, val: torch.Tensor, train: torch.Tensor, lpips: LPIP
     mixture = fit_prior("gmm", {"components": GMM_COMPONENTS, "covariance": "full"}, mu, progress=False)
     mixed = decode(mixture.sample(samples, torch.Generator().manual_seed(0)))
     # what `sample` draws from by default: the flow for vectors, the (first) prior over latent tensors for tensors
-    learned = fit_prior(VECTOR_SAMPLER if mu.dim() == 2 else tensor_priors()[0], {}, mu, progress=False)
-    drawn = decode(learned.sample(samples, torch.Generator().manual_seed(0)))
+    learned = fit_prior(VECTOR_SAMPLER if mu.dim() == 2 else tensor_priors()[0], {}, mu, progress=False) \
+        if fit_learned else mixture
+    drawn = decode(learned.sample(samples, torch.Generator().manual_seed(0))) if fit_learned else mixed
     shown = torch.linspace(0, len(x) - 1, GRID_IMAGES).long()  # spread over the split: different people
     metrics = {"psnr": float(psnr(recon, x).mean()), "ssim": float(ssim(recon, x).mean()),
             "lpips_alex": float(distance.mean()), "fd_conv5_recon": frechet_distance(conv5(lpips, recon), real),
@@ -329,7 +333,7 @@ def run_one(name: str, args: argparse.Namespace) -> Result:
     else:
         model = train_pythae(name[len("pythae_"):], train, args)
     metrics, shown = evaluate(model, load_split(args.shards, "val"), train, LPIPS("alex", args.lpips_weights),
-                              args.samples)
+                              args.samples, fit_learned=not args.no_learned_prior)
     save_shown(shown, args.out, name)
     return Result(name, args.budget_seconds, model.precision, round(model.params / 1e6, 2),
                   round(model.images / model.seconds, 1), model.steps,
@@ -363,6 +367,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per model")
     parser.add_argument("--lpips-weights", default=None, help="lpips_alexnet.safetensors (default: found as usual)")
     parser.add_argument("--samples", type=int, default=2000, help="prior samples for the Frechet distance")
+    parser.add_argument("--no-learned-prior", action="store_true",
+                        help="skip fitting the learned prior (minutes; conv_diffusion ~10 on 2 threads): its columns "
+                        "repeat the mixture's. For quick trials of reconstruction settings")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_quality"))
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # train + evaluate one model, then exit
