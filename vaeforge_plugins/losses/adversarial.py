@@ -8,8 +8,8 @@ images of a batch would make the logits depend on how a batch is split over rank
 RGB, mapped to [-1, 1].
 
 The discriminator is an owned module (see docs/plugins.md): the engine trains it with its own AdamW from optimizer
-step ``start`` on, every ``disc_every``-th step, on ``owned_loss``, half the sum of its loss on real (the target) and on fake (the detached
-reconstruction) patches, each a mean over patches and batch:
+step ``start`` on, every ``disc_every``-th step, on ``owned_loss``, half the sum of its loss on real (the target)
+and on fake (the detached reconstruction) patches, each a mean over patches and batch:
 hinge ``relu(1 - D(real)) + relu(1 + D(fake))``, non_saturating ``softplus(-D(real)) + softplus(D(fake))``.
 
 The model's term (``forward``) is the generator loss, ``-D(fake)`` (hinge) or ``softplus(-D(fake))``
