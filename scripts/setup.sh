@@ -7,11 +7,24 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 say() { echo "setup: $*"; }
 if [ ! -x .venv/bin/python ]; then
+  # A full disk otherwise surfaces as a torch import error far from its cause.
+  free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+  if [ "${free_kb:-0}" -lt $((7 * 1024 * 1024)) ]; then
+    say "error: a fresh .venv needs ~7 GB free here ($(pwd)); df shows $((free_kb / 1024)) MB free" >&2
+    exit 1
+  fi
   say "creating .venv: a fresh install is ~6 GB and usually takes 1.5-2 min on a 2-core machine with a warm pip" \
       "cache (longer when pip has to download)"
   "$PYTHON" -m venv .venv
 fi
-pip_quiet() { .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+# pip's exit status is kept through the filter: a failed install (no network, full disk) stops setup here.
+pip_quiet() {
+  if ! .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" 2>&1 \
+      | { grep -v "^WARNING: Location" || true; }; then
+    say "error: pip install $* failed; its message is above" >&2
+    exit 1
+  fi
+}
 # torch and torchvision first, as a matching pair (PyPI's torchvision does not import beside other torch builds).
 say "1/2 torch 2.14.1 + torchvision 0.29.1: ~2.6 GB of wheels (~5.3 GB unpacked), most of it the CUDA libraries;" \
     "this build runs on CPU too, so one environment serves laptops and GPU nodes"
