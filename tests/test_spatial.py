@@ -20,7 +20,7 @@ from vaeforge.models.vae import ImageSpec, build_model
 from vaeforge.tasks.runner import run_task
 
 KL_TINY = [
-    "recipe=lfw_kl_f8", "model.backbone.args.widths=[8,8,16,16]", "losses.perceptual.weight=0",
+    "recipe=lfw_kl_f8", "model.backbone.args.widths=[8,8,16,16]", "model.latent_dim=4", "losses.perceptual.weight=0",
     "losses.adv.args.disc_width=8", "losses.adv.args.start=2", "losses.adv.args.warmup_steps=2",
     "trainer.mixed_precision=no", "data.batch_size=8", "data.num_workers=0", "data.val_max_batches=1",
     "data.val_batch_size=16", "trainer.log_every=2", "trainer.val_every=3", "trainer.image_every=3",
