@@ -266,7 +266,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     that is not finite, so such weights were not written by it), is a clear error naming it."""
     try:
         weights = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:  # newer safetensors: RuntimeError
         raise CheckpointError(f"checkpoint file {path} is damaged or unreadable ({exc})") from None
     bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
