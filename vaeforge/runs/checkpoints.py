@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from ..errors import CheckpointError, write_failure
+from .tensorfile import UNREADABLE
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "step_"
@@ -266,7 +266,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     that is not finite, so such weights were not written by it), is a clear error naming it."""
     try:
         weights = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:  # newer safetensors: RuntimeError
+    except UNREADABLE as exc:
         raise CheckpointError(f"checkpoint file {path} is damaged or unreadable ({exc})") from None
     bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:

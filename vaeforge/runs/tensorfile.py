@@ -10,6 +10,9 @@ from safetensors.torch import save_file
 
 from ..errors import DataError
 
+# what safetensors raises for a missing, truncated or foreign file (newer releases: RuntimeError for a missing one)
+UNREADABLE = (OSError, SafetensorError, ValueError, RuntimeError)
+
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Save ``tensors`` as contiguous fp32 CPU tensors, creating the folder."""
@@ -23,5 +26,5 @@ def read_tensors(path: str | Path, what: str) -> tuple[dict[str, str], dict[str,
     try:
         with safe_open(str(path), "pt") as fh:
             return fh.metadata() or {}, {k: fh.get_tensor(k) for k in fh.keys()}
-    except (OSError, SafetensorError, ValueError) as exc:
+    except UNREADABLE as exc:
         raise DataError(f"{what} {path}: not a readable safetensors file ({exc})") from None
