@@ -136,6 +136,11 @@ def test_resnet_user_errors(tmp_path):
     save_file({"w": torch.zeros(1)}, str(other))
     with pytest.raises(DataError, match="lacks .* encoder tensors"):
         build_model(model_cfg("resnet", {**RESNET, "pretrained_file": str(other)}), ImageSpec(32))
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x01")
+    for path in (broken, tmp_path / "missing.safetensors"):  # named in the error, whatever safetensors raised
+        with pytest.raises(DataError, match=f"resnet: pretrained_file {path}: not a readable safetensors file"):
+            build_model(model_cfg("resnet", {**RESNET, "pretrained_file": str(path)}), ImageSpec(32))
 
 
 # ----- recon ---------------------------------------------------------------------------------------------------

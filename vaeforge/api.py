@@ -32,6 +32,7 @@ from .models.upsample import HEADS, upsampling_head
 from .models.vae import BackboneParts, ImageSpec, VAEOutput
 from .models.lpips import LPIPS, find_lpips_weights
 from .models.prior import FitProgress, FittedPrior, LatentPrior, Standardizer, minimize, standard_normal_log_prob
+from .runs.tensorfile import read_tensors
 from .runs.priors import DEFAULT_SAMPLER, STANDARD_NORMAL, check_sampler, sampler_names
 from .progress import bar as progress_bar
 from .registry import REGISTRY
@@ -67,5 +68,5 @@ __all__ = [
     "VAEOutput", "find_lpips_weights", "kl_per_dim", "psnr", "register_backbone", "register_loss", "register_task",
     "DEFAULT_SAMPLER", "STANDARD_NORMAL", "FitProgress", "FittedPrior", "LatentPrior", "Standardizer",
     "check_sampler", "minimize", "progress_bar", "register_prior", "sampler_names", "standard_normal_log_prob",
-    "HEADS", "upsampling_head", "checkerboard_power",
+    "HEADS", "upsampling_head", "checkerboard_power", "read_tensors",
 ]

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import DataError, unknown_choice
+from ..runs.tensorfile import read_tensors
 
 ENV_WEIGHTS = "VAEFORGE_LPIPS_WEIGHTS"  # a folder holding lpips_alexnet.safetensors / lpips_vgg16.safetensors
 SHIFT = (-0.030, -0.088, -0.188)  # the LPIPS scaling layer, applied to inputs in [-1, 1]
@@ -164,10 +163,7 @@ class LPIPS(nn.Module):
 
     def _load(self, path: Path) -> None:
         """Load the trunk's ``features.<N>`` tensors and the heads; a wrong file fails naming it."""
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError) as exc:
-            raise DataError(f"LPIPS weights {path}: not a readable safetensors file ({exc})") from None
+        _, state = read_tensors(path, "LPIPS weights")
         ours = {_file_key(k): k for k in self.state_dict()}
         missing = sorted(set(ours) - set(state))
         if missing:

@@ -19,12 +19,10 @@ from functools import partial
 from itertools import pairwise
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
-from vaeforge.api import (HEADS, BackboneParts, ConfigError, DataError, ImageSpec, choice, register_backbone,
-                          upsampling_head)
+from vaeforge.api import (HEADS, BackboneParts, ConfigError, DataError, ImageSpec, choice, read_tensors,
+                          register_backbone, upsampling_head)
 
 
 @dataclass
@@ -64,10 +62,7 @@ def _encoder(cfg: ResNetConfig, image: ImageSpec) -> nn.Module:
 
 def _load_pretrained(encoder: nn.Module, path: str) -> None:
     """Load the encoder's tensors from a timm model's safetensors file; every encoder tensor must be there."""
-    try:
-        state = load_file(path)
-    except (SafetensorError, OSError) as exc:
-        raise DataError(f"resnet: cannot read pretrained_file {path} as safetensors ({exc})") from None
+    _, state = read_tensors(path, "resnet: pretrained_file")
     missing = encoder.load_state_dict(state, strict=False).missing_keys
     if missing:
         raise DataError(f"resnet: pretrained_file {path} lacks {len(missing)} encoder tensors, e.g. {missing[0]} "
