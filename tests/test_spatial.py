@@ -15,7 +15,7 @@ from helpers import cut_back, task, train
 from test_models import loss_set
 from test_optimizer_groups import digest
 from vaeforge.api import ConfigError, DataError
-from vaeforge.models.prior import fit_prior, load_prior
+from vaeforge.models.prior import build_prior, fit_prior, load_prior
 from vaeforge.models.vae import ImageSpec, build_model
 from vaeforge.tasks.runner import run_task
 
@@ -65,6 +65,15 @@ def test_conv_diffusion_fits_samples_and_reloads_latent_tensors(tmp_path):
     assert torch.equal(again.sample(5, torch.Generator().manual_seed(1)), drawn)
     with pytest.raises(ConfigError, match=r"conv_diffusion models latent tensors \[c, h, w\].*\[16\]"):
         fit_prior("conv_diffusion", QUICK_PRIOR, torch.randn(8, 16), progress=False)
+
+
+def test_conv_diffusion_default_width_follows_the_latent_channels():
+    """8 feature maps per latent channel, at least 32: an 8-channel latent gets 64 (32 fitted it poorly)."""
+    for shape, width in [((3, 16, 16), 32), ((4, 8, 8), 32), ((8, 8, 8), 64)]:
+        assert build_prior("conv_diffusion", {}, shape).module.velocity.inp.out_channels == width
+    assert build_prior("conv_diffusion", {"width": 48}, (8, 8, 8)).module.velocity.inp.out_channels == 48
+    with pytest.raises(ConfigError, match="width must be >= 8 or null, got 4"):
+        build_prior("conv_diffusion", {"width": 4}, (8, 8, 8))
 
 
 @pytest.fixture(scope="module")

@@ -22,16 +22,23 @@ from vaeforge.api import ConfigError, Standardizer, at_least, register_prior
 from vaeforge_plugins.priors.flow_matching import VelocityPrior
 
 GROUPS = 8  # GroupNorm groups (fewer when they do not divide the width)
+WIDTH_PER_CHANNEL, MIN_WIDTH = 8, 32  # the default width: 8 feature maps per latent channel, at least 32
 
 
 @dataclass
 class ConvDiffusionConfig:
-    width: int = at_least(8, 32)  # channels of the denoiser's feature maps (64: ~4x the fitting time)
+    width: int | None = at_least(8, None)  # the denoiser's feature maps (None: 8 per latent channel, at least 32)
     blocks: int = at_least(1, 4)  # residual blocks (the attention sits after half of them)
     steps: int = at_least(1, 8000)  # Adam steps of training (cosine learning-rate decay)
     batch_size: int = at_least(1, 64)  # latents per training step
     lr: float = 1e-3  # peak learning rate (AdamW)
     sample_steps: int = at_least(1, 32)  # Heun steps of the ODE from noise to latent (2 network evaluations each)
+
+
+def default_width(channels: int) -> int:
+    """The denoiser's width for ``channels`` latent channels: 8 per channel, at least 32. A width of 32 fitted a
+    3- or 4-channel latent well and an 8-channel one poorly, where 64 did (docs/benchmarks.md#lfw_kl)."""
+    return max(MIN_WIDTH, WIDTH_PER_CHANNEL * channels)
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -100,4 +107,4 @@ class ConvDiffusion(VelocityPrior):
             raise ConfigError(f"conv_diffusion models latent tensors [c, h, w] (a spatial backbone such as "
                               f"autoencoder_kl); this model's latents are {list(shape)}: use flow_matching or flow")
         self.standardize = Standardizer(math.prod(shape))
-        self.velocity = ConvVelocity(shape[0], cfg.width, cfg.blocks)
+        self.velocity = ConvVelocity(shape[0], cfg.width or default_width(shape[0]), cfg.blocks)
