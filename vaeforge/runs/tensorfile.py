@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from ..errors import DataError
 
-# what safetensors raises for a missing, truncated or foreign file (newer releases: RuntimeError for a missing one)
+# what reading a missing, truncated or foreign safetensors file raises (RuntimeError: torch's open of the data, when
+# the file vanishes after its header was read, e.g. a checkpoint rotated away mid-load)
 UNREADABLE = (OSError, SafetensorError, ValueError, RuntimeError)
 
 

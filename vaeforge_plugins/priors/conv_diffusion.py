@@ -22,7 +22,7 @@ from vaeforge.api import ConfigError, Standardizer, at_least, register_prior
 from vaeforge_plugins.priors.flow_matching import VelocityPrior
 
 GROUPS = 8  # GroupNorm groups (fewer when they do not divide the width)
-WIDTH_PER_CHANNEL, MIN_WIDTH = 8, 32  # the default width: 8 feature maps per latent channel, at least 32
+WIDTH_PER_CHANNEL, MIN_WIDTH = 8, 32  # default_width's rule
 
 
 @dataclass
